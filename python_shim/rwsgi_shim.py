@@ -1,0 +1,401 @@
+"""rwsgi-gw worker shim: imports one WSGI app and serves the requests the master
+sends over this process's stdin, answering on its stdout (docs/protocol.md).
+
+Standard library only, Python 3.8+ and PyPy. The master embeds this file and
+runs it as `python rwsgi_shim.py APP [PYTHONPATH_DIR ...]`.
+"""
+
+import collections
+import io
+import os
+import struct
+import sys
+import traceback
+
+# ---------------------------------------------------------------- protocol
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 << 20
+MAX_CHUNK = 256 << 10
+
+# master -> worker
+REQUEST, BODY, CANCEL = 1, 2, 3
+# worker -> master
+HELLO, BOOT_ERROR, START, BODY_OUT, ERROR, READ = 10, 11, 12, 13, 14, 15
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def _pure_packb(msg):
+    """Encode a flat list of None/bool/int/str/bytes: all the shim ever sends."""
+    out = [b"\xdc" + struct.pack(">H", len(msg)) if len(msg) > 15 else bytes((0x90 | len(msg),))]
+    for v in msg:
+        if v is True:
+            out.append(b"\xc3")
+        elif v is False:
+            out.append(b"\xc2")
+        elif v is None:
+            out.append(b"\xc0")
+        elif isinstance(v, int):
+            out.append(bytes((v,)) if 0 <= v < 128 else b"\xcf" + struct.pack(">Q", v))
+        else:
+            if isinstance(v, str):
+                v = v.encode("utf-8")
+                head = b"\xdb"
+            else:
+                head = b"\xc6"
+            out.append(head + struct.pack(">I", len(v)))
+            out.append(v)
+    return b"".join(out)
+
+
+def _pure_unpackb(data):
+    """Decode one array of None/bool/int/bin/str, the shape of every master frame."""
+    pos, n = _read_array_len(data)
+    items = []
+    for _ in range(n):
+        t = data[pos]
+        if t < 0x80:
+            items.append(t)
+            pos += 1
+        elif t == 0xC3 or t == 0xC2:
+            items.append(t == 0xC3)
+            pos += 1
+        elif t == 0xC0:
+            items.append(None)
+            pos += 1
+        elif t in _UINT:
+            size, fmt = _UINT[t]
+            items.append(struct.unpack_from(fmt, data, pos + 1)[0])
+            pos += 1 + size
+        elif t in _BIN:
+            size, fmt = _BIN[t]
+            length = struct.unpack_from(fmt, data, pos + 1)[0]
+            pos += 1 + size
+            items.append(data[pos:pos + length])
+            pos += length
+        else:
+            raise ProtocolError("unexpected MessagePack type 0x%02x" % t)
+    return items
+
+
+def _read_array_len(data):
+    t = data[0]
+    if 0x90 <= t <= 0x9F:
+        return 1, t & 0x0F
+    if t == 0xDC:
+        return 3, struct.unpack_from(">H", data, 1)[0]
+    raise ProtocolError("frame is not a MessagePack array")
+
+
+_UINT = {0xCC: (1, ">B"), 0xCD: (2, ">H"), 0xCE: (4, ">I"), 0xCF: (8, ">Q")}
+_BIN = {0xC4: (1, ">B"), 0xC5: (2, ">H"), 0xC6: (4, ">I")}
+
+
+def _pick_codec():
+    if os.environ.get("RWSGI_SHIM_CODEC") != "pure":
+        try:
+            import msgpack
+
+            return "msgpack", msgpack.Packer(use_bin_type=True).pack, msgpack.unpackb
+        except ImportError:
+            pass
+    return "pure", _pure_packb, _pure_unpackb
+
+
+CODEC, packb, unpackb = _pick_codec()
+_LEN = struct.Struct(">I")
+
+
+def frame(msg):
+    data = packb(msg)
+    return _LEN.pack(len(data)) + data
+
+
+class Channel:
+    """The protocol stream: frames in from the master, frames out to it."""
+
+    def __init__(self, infd, outfd):
+        self.reader = io.open(infd, "rb", buffering=1 << 16)
+        self.outfd = outfd
+        # REQUEST frames queued behind the one whose body is being read.
+        self.pending = collections.deque()
+
+    def recv(self):
+        """The next master frame as a list, or None when the master closed the pipe."""
+        if self.pending:
+            return self.pending.popleft()
+        return self._read_frame()
+
+    def _read_frame(self):
+        head = self.reader.read(4)
+        if len(head) < 4:
+            return None
+        (length,) = _LEN.unpack(head)
+        if length > MAX_FRAME:
+            raise ProtocolError("frame of %d bytes exceeds the limit" % length)
+        data = self.reader.read(length)
+        if len(data) < length:
+            return None
+        return unpackb(data)
+
+    def send(self, *msgs):
+        data = b"".join(frame(m) for m in msgs)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.outfd, view):]
+
+    def read_body(self, req_id, size):
+        """Ask the master for more of request `req_id`'s body: (chunk, more)."""
+        self.send([READ, req_id, size])
+        while True:
+            msg = self._read_frame()
+            if msg is None:
+                raise IOError("the master closed the pipe while the request body was being read")
+            if msg[0] == BODY and msg[1] == req_id:
+                return msg[2], msg[3]
+            if msg[0] == REQUEST:
+                self.pending.append(msg)
+            elif msg[0] != CANCEL:
+                raise ProtocolError("unexpected frame type %r while reading the body" % (msg[0],))
+
+
+# ---------------------------------------------------------------- wsgi
+
+class Input:
+    """wsgi.input: the request body, pulled from the master as the app reads it."""
+
+    def __init__(self, channel, req_id, body, more):
+        self._channel = channel
+        self._id = req_id
+        self._buf = body
+        self._pos = 0
+        self._more = more
+
+    def _fetch(self, wanted):
+        chunk, self._more = self._channel.read_body(self._id, wanted)
+        self._buf = self._buf[self._pos:] + chunk
+        self._pos = 0
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            parts = [self._buf[self._pos:]]
+            while self._more:
+                chunk, self._more = self._channel.read_body(self._id, 1 << 16)
+                parts.append(chunk)
+            self._buf, self._pos = b"", 0
+            return b"".join(parts)
+        while self._more and len(self._buf) - self._pos < size:
+            self._fetch(size - (len(self._buf) - self._pos))
+        data = self._buf[self._pos:self._pos + size]
+        self._pos += len(data)
+        return data
+
+    def readline(self, size=-1):
+        limit = size if size is not None and size >= 0 else None
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            available = len(self._buf) - self._pos
+            if end >= 0:
+                wanted = end + 1 - self._pos
+                return self.read(wanted if limit is None else min(wanted, limit))
+            if not self._more or (limit is not None and available >= limit):
+                return self.read(available if limit is None else min(limit, available))
+            self._fetch(1 << 16)
+
+    def readlines(self, hint=-1):
+        lines, total = [], 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file-like object in blocks."""
+
+    def __init__(self, filelike, blksize=MAX_CHUNK):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            block = read(self.blksize)
+            if not block:
+                return
+            yield block
+
+
+class Response:
+    """start_response, write() and the held-back status and headers of one request."""
+
+    def __init__(self, channel, req_id):
+        self.channel = channel
+        self.id = req_id
+        self.status = None
+        self.headers = None
+        self.sent = False
+
+    def start_response(self, status, headers, exc_info=None):
+        if exc_info:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        if type(status) is not str:
+            raise TypeError("status must be a str, got %r" % (status,))
+        self.status = status.encode("latin-1")
+        self.headers = "\0".join(h for pair in headers for h in pair).encode("latin-1")
+        return self.write
+
+    def write(self, data):
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, got %s" % type(data).__name__)
+        if data:
+            self.channel.send(*self.frames(data, final=False))
+
+    def frames(self, data, final):
+        """The frames that carry `data`, starting the response if it has not started."""
+        if self.status is None:
+            raise AssertionError("the app returned or wrote a body before calling start_response()")
+        msgs = []
+        for offset in range(0, max(len(data), 1), MAX_CHUNK):
+            chunk = data[offset:offset + MAX_CHUNK]
+            last = final and offset + MAX_CHUNK >= len(data)
+            if self.sent:
+                msgs.append([BODY_OUT, self.id, chunk, last])
+            else:
+                msgs.append([START, self.id, self.status, self.headers, chunk, last])
+                self.sent = True
+        return msgs
+
+
+class Worker:
+    def __init__(self, app, channel):
+        self.app = app
+        self.channel = channel
+        self.base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+        }
+
+    def run(self):
+        while True:
+            msg = self.channel.recv()
+            if msg is None:
+                return
+            if msg[0] == REQUEST:
+                self.handle(*msg[1:5])
+            elif msg[0] not in (CANCEL, BODY):
+                raise ProtocolError("unexpected frame type %r" % (msg[0],))
+
+    def handle(self, req_id, environ_blob, body, more):
+        parts = environ_blob.decode("latin-1").split("\0")
+        environ = dict(zip(parts[0::2], parts[1::2]))
+        environ.update(self.base_environ)
+        environ["wsgi.input"] = Input(self.channel, req_id, body, more)
+        response = Response(self.channel, req_id)
+        try:
+            result = self.app(environ, response.start_response)
+            try:
+                self.send_body(response, result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        except Exception:
+            self.channel.send([ERROR, req_id, traceback.format_exc()])
+
+    def send_body(self, response, result):
+        if type(result) in (list, tuple) and all(type(c) is bytes for c in result):
+            # The whole body is in hand: one write for every frame.
+            self.channel.send(*response.frames(b"".join(result), final=True))
+            return
+        for data in result:
+            if type(data) is not bytes:
+                raise TypeError("the app yielded %s, not bytes" % type(data).__name__)
+            if data:
+                self.channel.send(*response.frames(data, final=False))
+        self.channel.send(*response.frames(b"", final=True))
+
+
+# ---------------------------------------------------------------- boot
+
+def load_app(spec):
+    """Import APP: `module`, `module:name`, `module:name.attr` or `module:factory(args)`."""
+    import ast
+    import importlib
+
+    module_name, _, expr = spec.partition(":")
+    expr = expr or "application"
+    call_args = None
+    if expr.endswith(")") and "(" in expr:
+        expr, _, args = expr[:-1].partition("(")
+        call = ast.parse("f(%s)" % args, mode="eval").body
+        call_args = ([ast.literal_eval(a) for a in call.args], {k.arg: ast.literal_eval(k.value) for k in call.keywords})
+    obj = importlib.import_module(module_name)
+    for name in expr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise AttributeError("module %r has no attribute %r (APP was %r)" % (module_name, expr, spec)) from None
+    if call_args is not None:
+        obj = obj(*call_args[0], **call_args[1])
+    if not callable(obj):
+        raise TypeError("%s is %r, which is not a WSGI callable" % (spec, obj))
+    return obj
+
+
+def take_protocol_fds():
+    """Keep fds 0 and 1 for the protocol; give the app /dev/null and stderr instead."""
+    infd, outfd = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    for fd in (infd, outfd):
+        os.set_inheritable(fd, False)
+    sys.stdout.reconfigure(line_buffering=True)
+    return Channel(infd, outfd)
+
+
+def main():
+    channel = take_protocol_fds()
+    app_spec, paths = sys.argv[1], sys.argv[2:]
+    # sys.path[0] is this script's temporary directory: the app directory replaces it.
+    sys.path[0:1] = [os.getcwd()] + paths
+    try:
+        app = load_app(app_spec)
+    except BaseException:
+        channel.send([BOOT_ERROR, traceback.format_exc()])
+        return 3
+    channel.send([HELLO, PROTOCOL_VERSION, os.getpid(), sys.version.split()[0], CODEC])
+    Worker(app, channel).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

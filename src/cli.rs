@@ -1,0 +1,298 @@
+//! The command line: parsing and validating every flag into a `Config`.
+//!
+//! Names follow gunicorn's where they mean the same thing. Everything a user
+//! can get wrong is caught here, before a socket is bound or a worker started,
+//! and reported as one sentence (exit code 2). Nothing here runs or binds.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::log::{Level, Target};
+
+const DEFAULT_PORT: u16 = 8000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rwsgi-gw",
+    version,
+    about = "Serve a WSGI (PEP 3333) application: a Rust HTTP front end supervising CPython workers.",
+    after_help = "APP is module:callable, module (meaning module:application) or module:factory()."
+)]
+struct Args {
+    /// Address to listen on: HOST:PORT, [IPV6]:PORT or unix:PATH; repeat for several [default: 127.0.0.1:8000]
+    #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = parse_bind)]
+    bind: Vec<Bind>,
+
+    /// Number of worker processes [default: $WEB_CONCURRENCY, else 1]
+    #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+
+    /// Python interpreter that runs the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+
+    /// Directory the workers run in and import the app from
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
+    /// Extra directories to put on the workers' sys.path, comma-separated
+    #[arg(long, value_name = "DIRS", value_delimiter = ',')]
+    pythonpath: Vec<String>,
+
+    /// Environment variable for the workers, as KEY=VALUE; repeatable
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// Access log file, Apache combined format; `-` is stdout [default: none]
+    #[arg(long, value_name = "FILE")]
+    access_logfile: Option<String>,
+
+    /// Error log file; `-` is stderr
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    error_logfile: String,
+
+    /// Lowest level written to the error log
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: Level,
+
+    /// The WSGI application: module:callable, module, or module:factory()
+    #[arg(value_name = "APP", value_parser = parse_app)]
+    app: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Everything the rest of the program needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub binds: Vec<Bind>,
+    pub workers: usize,
+    pub python: PathBuf,
+    pub chdir: PathBuf,
+    pub pythonpath: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub app: String,
+    pub log_level: Level,
+    pub error_log: Target,
+    pub access_log: Option<Target>,
+}
+
+/// Parses the command line; on a mistake prints one sentence and exits 2.
+pub fn parse() -> Config {
+    match Args::try_parse().map_err(clap_sentence).and_then(Config::try_from) {
+        Ok(config) => config,
+        Err(UsageError::Clap(e)) => e.exit(),
+        Err(UsageError::Invalid(message)) => {
+            eprintln!("rwsgi-gw: {message}");
+            std::process::exit(2);
+        }
+    }
+}
+
+enum UsageError {
+    /// --help and --version, which clap prints and exits 0 for.
+    Clap(clap::Error),
+    Invalid(String),
+}
+
+fn clap_sentence(e: clap::Error) -> UsageError {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return UsageError::Clap(e);
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    UsageError::Invalid(format!("{first}; run rwsgi-gw --help for the usage."))
+}
+
+impl TryFrom<Args> for Config {
+    type Error = UsageError;
+
+    fn try_from(args: Args) -> Result<Self, UsageError> {
+        let invalid = |m: String| UsageError::Invalid(m);
+        let workers = match args.workers {
+            Some(n) => usize::from(n),
+            None => web_concurrency().map_err(invalid)?,
+        };
+        let chdir = match args.chdir {
+            Some(dir) if dir.is_dir() => dir,
+            Some(dir) => {
+                return Err(invalid(format!(
+                    "--chdir {} is not a directory; pass an existing directory.",
+                    dir.display()
+                )))
+            }
+            None => std::env::current_dir()
+                .map_err(|e| invalid(format!("cannot read the current directory ({e}); pass --chdir.")))?,
+        };
+        let python = find_python(args.python.as_deref()).map_err(invalid)?;
+        let binds = if args.bind.is_empty() {
+            vec![Bind::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+        } else {
+            args.bind
+        };
+        Ok(Config {
+            binds,
+            workers,
+            python,
+            chdir,
+            pythonpath: args.pythonpath.into_iter().filter(|p| !p.is_empty()).collect(),
+            env: args.env,
+            app: args.app,
+            log_level: args.log_level,
+            error_log: log_target(&args.error_logfile, Target::Stderr),
+            access_log: args.access_logfile.as_deref().map(|f| log_target(f, Target::Stdout)),
+        })
+    }
+}
+
+fn web_concurrency() -> Result<usize, String> {
+    match std::env::var("WEB_CONCURRENCY") {
+        Err(_) => Ok(1),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!("WEB_CONCURRENCY={v:?} is not a worker count from 1 to 1024; fix it or pass --workers.")),
+        },
+    }
+}
+
+fn log_target(value: &str, dash: Target) -> Target {
+    if value == "-" {
+        dash
+    } else {
+        Target::File(PathBuf::from(value))
+    }
+}
+
+/// `--python` as given (a path, or a name looked up on PATH), else the active
+/// venv's interpreter, else `python3` on PATH.
+fn find_python(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return resolve_executable(path).ok_or_else(|| {
+            format!("--python {} is not an executable file; pass the path of a Python interpreter.", path.display())
+        });
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        let candidate = Path::new(&venv).join("bin/python");
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    resolve_executable(Path::new("python3"))
+        .ok_or_else(|| "no python3 on PATH and no VIRTUAL_ENV; pass --python with the interpreter to use.".to_string())
+}
+
+fn resolve_executable(path: &Path) -> Option<PathBuf> {
+    if path.components().count() > 1 {
+        // Absolute, so --chdir does not change its meaning; not canonical,
+        // since a venv's python must keep its own path to find the venv.
+        return is_executable(path).then(|| std::path::absolute(path).ok()).flatten();
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(path))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn parse_bind(value: &str) -> Result<Bind, String> {
+    if let Some(path) = value.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a socket path, as in unix:/run/app.sock".into());
+        }
+        return Ok(Bind::Unix(PathBuf::from(path)));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(Bind::Tcp(addr));
+    }
+    let (host, port) = match value.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
+            let port = port.parse::<u16>().map_err(|_| format!("{port:?} is not a port number from 0 to 65535"))?;
+            (host.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        _ => (value, DEFAULT_PORT),
+    };
+    if host.is_empty() {
+        return Err("the address has no host; use HOST:PORT, [IPV6]:PORT or unix:PATH".into());
+    }
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(Bind::Tcp)
+        .ok_or_else(|| format!("cannot resolve host {host:?}; use HOST:PORT, [IPV6]:PORT or unix:PATH"))
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, val)) if !key.is_empty() && !key.contains('\0') && !val.contains('\0') => {
+            Ok((key.to_string(), val.to_string()))
+        }
+        _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
+/// Accepts `module`, `module:name`, `module:name.attr` and `module:factory(literal args)`.
+fn parse_app(value: &str) -> Result<String, String> {
+    let is_dotted = |s: &str| !s.is_empty() && s.split('.').all(is_identifier);
+    let (module, expr) = value.split_once(':').unwrap_or((value, "application"));
+    let name = match expr.find('(') {
+        Some(open) if expr.ends_with(')') => &expr[..open],
+        Some(_) => "",
+        None => expr,
+    };
+    if is_dotted(module) && is_dotted(name) {
+        Ok(value.to_string())
+    } else {
+        Err("APP must look like module:callable, module, or module:factory()".into())
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c == '_' || c.is_alphabetic()) && chars.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_forms() {
+        for ok in ["app", "pkg.app", "app:application", "app:make()", "app:make('x', n=2)", "a.b:c.d"] {
+            assert!(parse_app(ok).is_ok(), "{ok}");
+        }
+        for bad in ["a:b:c", ":x", "mod:", "", "1mod:x", "mod:x(", "mod-x:app", "mod:x()y"] {
+            assert!(parse_app(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bind_forms() {
+        assert_eq!(parse_bind("127.0.0.1:9000"), Ok(Bind::Tcp("127.0.0.1:9000".parse().unwrap())));
+        assert_eq!(parse_bind("[::1]:9000"), Ok(Bind::Tcp("[::1]:9000".parse().unwrap())));
+        assert_eq!(parse_bind("unix:/tmp/x.sock"), Ok(Bind::Unix("/tmp/x.sock".into())));
+        assert_eq!(parse_bind("localhost:80").map(|b| matches!(b, Bind::Tcp(a) if a.port() == 80)), Ok(true));
+        assert_eq!(parse_bind("127.0.0.1"), Ok(Bind::Tcp("127.0.0.1:8000".parse().unwrap())));
+        for bad in ["host:99999", ":80", "unix:", "127.0.0.1:x"] {
+            assert!(parse_bind(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_forms() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("A").is_err());
+        assert!(parse_env("=x").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The CGI part of the WSGI environ, built from a parsed request and its
+//! connection (PEP 3333, "environ Variables").
+//!
+//! Everything here is HTTP in, pair blob out: the Python objects (wsgi.input,
+//! wsgi.errors, ...) are added by the shim. No I/O and no policy beyond the
+//! mapping itself.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use hyper::http::request::Parts;
+use hyper::http::{header, HeaderName, Version};
+
+use crate::protocol::PairBlob;
+
+/// What the environ needs to know about the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    /// The client; `None` on a unix socket.
+    pub peer: Option<SocketAddr>,
+    /// The listener's address; `None` on a unix socket.
+    pub local: Option<SocketAddr>,
+    pub scheme: &'static str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvironError {
+    #[error("the request path contains an encoded NUL byte (%00)")]
+    NulInPath,
+}
+
+/// The environ's CGI keys as a pair blob, latin-1 bytes throughout.
+pub fn build(parts: &Parts, conn: &Conn) -> Result<Bytes, EnvironError> {
+    let uri = &parts.uri;
+    let path: Vec<u8> = percent_encoding::percent_decode(uri.path().as_bytes()).collect();
+    if path.contains(&0) {
+        return Err(EnvironError::NulInPath);
+    }
+    let mut env = PairBlob::with_capacity(512 + parts.headers.len() * 48);
+    env.push(b"REQUEST_METHOD", parts.method.as_str().as_bytes());
+    env.push(b"SCRIPT_NAME", b"");
+    env.push(b"PATH_INFO", &path);
+    env.push(b"QUERY_STRING", uri.query().unwrap_or("").as_bytes());
+    match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(origin_form)) => env.push(b"RAW_URI", origin_form.as_str().as_bytes()),
+        _ => env.push(b"RAW_URI", uri.to_string().as_bytes()),
+    }
+    env.push(b"SERVER_PROTOCOL", protocol_name(parts.version));
+    env.push(b"wsgi.url_scheme", conn.scheme.as_bytes());
+
+    let (name, port) = server_name_port(parts, conn);
+    env.push(b"SERVER_NAME", name.as_bytes());
+    env.push(b"SERVER_PORT", port.as_bytes());
+    match conn.peer {
+        Some(peer) => {
+            env.push(b"REMOTE_ADDR", peer.ip().to_canonical().to_string().as_bytes());
+            env.push(b"REMOTE_PORT", peer.port().to_string().as_bytes());
+        }
+        None => env.push(b"REMOTE_ADDR", b""),
+    }
+
+    for name in parts.headers.keys() {
+        let key: &[u8] = if name == header::CONTENT_TYPE {
+            b"CONTENT_TYPE"
+        } else if name == header::CONTENT_LENGTH {
+            b"CONTENT_LENGTH"
+        } else if name.as_str().contains('_') {
+            // `X_Forwarded_For` must not pose as `X-Forwarded-For`.
+            continue;
+        } else {
+            &cgi_name(name)
+        };
+        push_joined(&mut env, key, name, parts);
+    }
+    Ok(env.finish())
+}
+
+fn protocol_name(version: Version) -> &'static [u8] {
+    match version {
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_09 => b"HTTP/0.9",
+        _ => b"HTTP/1.1",
+    }
+}
+
+/// `HTTP_` + the name upper-cased with `-` as `_`.
+fn cgi_name(name: &HeaderName) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + name.as_str().len());
+    key.extend_from_slice(b"HTTP_");
+    key.extend(name.as_str().bytes().map(|b| if b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+    key
+}
+
+/// Repeated headers become one value: `, ` joins them, except Cookie, whose
+/// separator is `; ` (RFC 6265).
+fn push_joined(env: &mut PairBlob, key: &[u8], name: &HeaderName, parts: &Parts) {
+    let separator: &[u8] = if name == header::COOKIE { b"; " } else { b"," };
+    let mut values = parts.headers.get_all(name).iter();
+    let first = values.next().map_or(&b""[..], |v| v.as_bytes());
+    let rest: Vec<&[u8]> = values.flat_map(|v| [separator, v.as_bytes()]).collect();
+    if rest.is_empty() {
+        env.push(key, first);
+    } else {
+        let mut joined = vec![first];
+        joined.extend(rest);
+        env.push_parts(key, &joined);
+    }
+}
+
+/// SERVER_NAME and SERVER_PORT: the Host header (or an absolute-form target's
+/// authority) when there is one, as gunicorn does, else the listener's address.
+fn server_name_port(parts: &Parts, conn: &Conn) -> (String, String) {
+    let default_port = if conn.scheme == "https" { "443" } else { "80" };
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        let (name, port) = split_host(host);
+        return (name.to_string(), port.unwrap_or(default_port).to_string());
+    }
+    match conn.local {
+        Some(addr) => (addr.ip().to_canonical().to_string(), addr.port().to_string()),
+        None => ("localhost".into(), default_port.into()),
+    }
+}
+
+fn split_host(host: &str) -> (&str, Option<&str>) {
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => (&host[..=end], host[end + 1..].strip_prefix(':').filter(|p| !p.is_empty())),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() => (name, Some(port)),
+        Some((name, _)) => (name, None),
+        None => (host, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::pairs;
+    use hyper::Request;
+
+    fn environ(req: Request<()>, conn: &Conn) -> Vec<(String, String)> {
+        let (parts, ()) = req.into_parts();
+        let blob = build(&parts, conn).unwrap();
+        pairs(&blob)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.iter().map(|&b| b as char).collect(), v.iter().map(|&b| b as char).collect()))
+            .collect()
+    }
+
+    fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn tcp() -> Conn {
+        Conn {
+            peer: Some("10.1.2.3:5555".parse().unwrap()),
+            local: Some("127.0.0.1:8000".parse().unwrap()),
+            scheme: "http",
+        }
+    }
+
+    #[test]
+    fn cgi_keys() {
+        let req = Request::post("/a%20b/%C3%A9?x=%20y&z")
+            .header("host", "example.com:8080")
+            .header("content-type", "text/plain")
+            .header("content-length", "3")
+            .header("x-multi", "1")
+            .header("x-multi", "2")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("x_forwarded_for", "6.6.6.6")
+            .header("user-agent", "t\u{e9}st".as_bytes())
+            .body(())
+            .unwrap();
+        let env = environ(req, &tcp());
+        assert_eq!(get(&env, "REQUEST_METHOD"), Some("POST"));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(""));
+        assert_eq!(get(&env, "PATH_INFO"), Some("/a b/\u{c3}\u{a9}"));
+        assert_eq!(get(&env, "QUERY_STRING"), Some("x=%20y&z"));
+        assert_eq!(get(&env, "RAW_URI"), Some("/a%20b/%C3%A9?x=%20y&z"));
+        assert_eq!(get(&env, "SERVER_NAME"), Some("example.com"));
+        assert_eq!(get(&env, "SERVER_PORT"), Some("8080"));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some("HTTP/1.1"));
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some("10.1.2.3"));
+        assert_eq!(get(&env, "REMOTE_PORT"), Some("5555"));
+        assert_eq!(get(&env, "CONTENT_TYPE"), Some("text/plain"));
+        assert_eq!(get(&env, "CONTENT_LENGTH"), Some("3"));
+        assert_eq!(get(&env, "HTTP_CONTENT_TYPE"), None);
+        assert_eq!(get(&env, "HTTP_X_MULTI"), Some("1,2"));
+        assert_eq!(get(&env, "HTTP_COOKIE"), Some("a=1; b=2"));
+        assert_eq!(get(&env, "HTTP_X_FORWARDED_FOR"), None);
+        assert_eq!(get(&env, "HTTP_USER_AGENT"), Some("t\u{c3}\u{a9}st"));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some("http"));
+    }
+
+    #[test]
+    fn server_name_fallbacks() {
+        let req = Request::get("/").version(Version::HTTP_10).body(()).unwrap();
+        let env = environ(req, &tcp());
+        assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("127.0.0.1"), Some("8000")));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some("HTTP/1.0"));
+
+        let unix = Conn { peer: None, local: None, scheme: "http" };
+        let env = environ(Request::get("/").body(()).unwrap(), &unix);
+        assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("localhost"), Some("80")));
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some(""));
+        assert_eq!(get(&env, "REMOTE_PORT"), None);
+
+        let env = environ(Request::get("/").header("host", "[::1]:9").body(()).unwrap(), &tcp());
+        assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("[::1]"), Some("9")));
+        let env = environ(Request::get("http://h.example/p?q").body(()).unwrap(), &tcp());
+        assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("h.example"), Some("80")));
+        assert_eq!(get(&env, "RAW_URI"), Some("http://h.example/p?q"));
+    }
+
+    #[test]
+    fn refuses_nul_in_path() {
+        let (parts, ()) = Request::get("/a%00b").body(()).unwrap().into_parts();
+        assert_eq!(build(&parts, &tcp()), Err(EnvironError::NulInPath));
+    }
+}

@@ -1,0 +1,437 @@
+//! The HTTP front end: listeners, connections, and the translation of each
+//! request into a pool `Job` and of the pool's `Event`s into a response.
+//!
+//! Knows hyper and the pool's API, never the pipe format. Every answer the
+//! master gives on its own (400, 500, 502, 503) is made here.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::Bind;
+use crate::environ::{self, Conn};
+use crate::log::{self, Timestamp};
+use crate::pool::{BodyError, Event, Failure, Job, Pool};
+use crate::{debug, error, warning};
+
+/// Request body that travels inside the request frame; more is pulled on demand.
+const INLINE_BODY: usize = 64 << 10;
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(bind: &Bind) -> io::Result<Listener> {
+        match bind {
+            Bind::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            Bind::Unix(path) => {
+                remove_stale_socket(path)?;
+                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(addr) => format!("http://{addr}"),
+                Err(_) => "http://?".into(),
+            },
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A socket file left by an earlier run is replaced, as gunicorn does; any
+/// other file at that path is an error.
+fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "a file that is not a socket is in the way")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Serves every listener until `shutdown` resolves, then waits up to `grace`
+/// for the requests in progress.
+pub async fn serve(listeners: Vec<Listener>, pool: Arc<Pool>, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accepting = tokio::task::JoinSet::new();
+    for listener in listeners {
+        accepting.spawn(accept_loop(listener, pool.clone(), graceful.clone(), stop_rx.clone()));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    while accepting.join_next().await.is_some() {}
+    let graceful = Arc::into_inner(graceful).expect("the accept loops have ended");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warning!("Requests still in progress after the graceful timeout of {grace:?} are cut");
+    }
+}
+
+async fn accept_loop(
+    listener: Listener,
+    pool: Arc<Pool>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|&s| s) => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok((io, conn)) => serve_connection(io, conn, pool.clone(), &graceful),
+            Err(e) => {
+                // Out of fds or memory: back off instead of spinning.
+                warning!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, Conn)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, peer) = l.accept().await?;
+            stream.set_nodelay(true)?;
+            let conn = Conn { peer: Some(peer), local: stream.local_addr().ok(), scheme: "http" };
+            Ok((Box::new(stream), conn))
+        }
+        Listener::Unix(l, _) => {
+            let (stream, _) = l.accept().await?;
+            Ok((Box::new(stream), Conn { peer: None, local: None, scheme: "http" }))
+        }
+    }
+}
+
+fn serve_connection(io: Box<dyn Io>, conn: Conn, pool: Arc<Pool>, graceful: &GracefulShutdown) {
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| handle(req, conn.clone(), pool.clone()));
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(io), service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!("connection ended: {e}");
+        }
+    });
+}
+
+async fn handle(req: Request<Incoming>, conn: Arc<Conn>, pool: Arc<Pool>) -> Result<Response<Body>, Infallible> {
+    let exchange = Exchange::new(&req, &conn);
+    let (parts, body) = req.into_parts();
+    let environ = match environ::build(&parts, &conn) {
+        Ok(environ) => environ,
+        Err(e) => return Ok(exchange.reply(StatusCode::BAD_REQUEST, &format!("Bad Request: {e}.\n"))),
+    };
+    let (body, rest) = match read_initial_body(body).await {
+        Ok(read) => read,
+        Err(e) => {
+            return Ok(exchange
+                .reply(StatusCode::BAD_REQUEST, &format!("Bad Request: the request body could not be read ({e}).\n")))
+        }
+    };
+    let mut events = match pool.submit(Job { environ, body, rest }) {
+        Ok(events) => events,
+        Err(e) => return Ok(exchange.reply(StatusCode::SERVICE_UNAVAILABLE, &format!("Service Unavailable: {e}.\n"))),
+    };
+    Ok(match events.recv().await {
+        Some(Event::Head { status, headers }) => match head(&status, headers) {
+            Ok(head) => exchange.stream(head, events),
+            Err(e) => {
+                error!("{}: the app's response is invalid: {e}", exchange.request_line());
+                exchange.reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            }
+        },
+        Some(Event::Failed(failure)) => {
+            exchange.log_failure(&failure);
+            exchange.reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+        }
+        Some(Event::Chunk(_) | Event::End) | None => {
+            error!("{}: the worker was lost before it answered", exchange.request_line());
+            exchange.reply(StatusCode::BAD_GATEWAY, "Bad Gateway: the worker handling this request died.\n")
+        }
+    })
+}
+
+/// Reads up to `INLINE_BODY` of the body, so a small body (even from a slow
+/// client) is complete before a worker is involved; the rest is streamed.
+async fn read_initial_body(
+    mut body: Incoming,
+) -> Result<(Bytes, Option<mpsc::Receiver<Result<Bytes, BodyError>>>), hyper::Error> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0;
+    while !hyper::body::Body::is_end_stream(&body) && size < INLINE_BODY {
+        match body.frame().await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    size += data.len();
+                    chunks.push(data);
+                }
+            }
+            None => break,
+        }
+    }
+    let rest = if hyper::body::Body::is_end_stream(&body) || size < INLINE_BODY {
+        None
+    } else {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(pump_body(body, tx));
+        Some(rx)
+    };
+    let initial = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => chunks
+            .iter()
+            .fold(BytesMut::with_capacity(size), |mut all, c| {
+                all.extend_from_slice(c);
+                all
+            })
+            .freeze(),
+    };
+    Ok((initial, rest))
+}
+
+async fn pump_body(mut body: Incoming, tx: mpsc::Sender<Result<Bytes, BodyError>>) {
+    while let Some(frame) = body.frame().await {
+        let chunk = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Ok(data),
+                _ => continue,
+            },
+            Err(_) => Err(BodyError),
+        };
+        let failed = chunk.is_err();
+        if tx.send(chunk).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The app's status line and headers, validated into a response head.
+fn head(status: &[u8], headers: Vec<(Bytes, Bytes)>) -> Result<Response<()>, String> {
+    let invalid_status =
+        || format!("status {:?} is not a three-digit code and a reason", String::from_utf8_lossy(status));
+    if status.len() < 3 || (status.len() > 3 && status[3] != b' ') {
+        return Err(invalid_status());
+    }
+    let code = StatusCode::from_bytes(&status[..3]).map_err(|_| invalid_status())?;
+    let mut response = Response::new(());
+    *response.status_mut() = code;
+    let reason = status.get(4..).unwrap_or_default();
+    if !reason.is_empty() && Some(reason) != code.canonical_reason().map(str::as_bytes) {
+        let phrase = hyper::ext::ReasonPhrase::try_from(reason).map_err(|_| invalid_status())?;
+        response.extensions_mut().insert(phrase);
+    }
+    let map = response.headers_mut();
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(&name)
+            .map_err(|_| format!("header name {:?} is invalid", String::from_utf8_lossy(&name)))?;
+        let value =
+            HeaderValue::from_maybe_shared(value).map_err(|_| format!("the value of header {name} is invalid"))?;
+        if name == header::CONTENT_LENGTH && value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).is_none() {
+            return Err(format!("Content-Length {value:?} is not a number"));
+        }
+        map.append(name, value);
+    }
+    Ok(response)
+}
+
+/// One request/response exchange: what the error and access logs say about it.
+struct Exchange {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    peer: Option<SocketAddr>,
+    received: SystemTime,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Exchange {
+    fn new(req: &Request<Incoming>, conn: &Conn) -> Self {
+        let header = |name| req.headers().get(name).cloned();
+        Exchange {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            peer: conn.peer,
+            received: SystemTime::now(),
+            referer: header(header::REFERER),
+            user_agent: header(header::USER_AGENT),
+        }
+    }
+
+    fn request_line(&self) -> String {
+        format!("{} {} {:?}", self.method, self.uri, self.version)
+    }
+
+    fn log_failure(&self, failure: &Failure) {
+        match failure {
+            Failure::App { traceback } => {
+                error!("Error handling request {}:\n{}", self.request_line(), traceback.trim_end())
+            }
+            Failure::MalformedHeaders => {
+                error!("{}: the app sent a header list that is not name/value pairs", self.request_line())
+            }
+        }
+    }
+
+    /// An answer the master makes itself.
+    fn reply(self, status: StatusCode, text: &str) -> Response<Body> {
+        let body = Body {
+            source: Source::Full(Some(Bytes::copy_from_slice(text.as_bytes()))),
+            log: AccessLog::new(self, status),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+    }
+
+    fn stream(self, head: Response<()>, events: mpsc::Receiver<Event>) -> Response<Body> {
+        let (parts, ()) = head.into_parts();
+        let log = AccessLog::new(self, parts.status);
+        Response::from_parts(parts, Body { source: Source::Events(events), log })
+    }
+}
+
+/// A response body: the master's own text, or the worker's chunks as they come.
+pub struct Body {
+    source: Source,
+    log: AccessLog,
+}
+
+enum Source {
+    Full(Option<Bytes>),
+    Events(mpsc::Receiver<Event>),
+}
+
+/// The worker failed after the status line was sent: the connection is cut,
+/// since no status can tell the client any more.
+#[derive(Debug, thiserror::Error)]
+#[error("the response was cut short")]
+pub struct Cut;
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Cut;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+        let this = &mut *self;
+        let chunk = match &mut this.source {
+            Source::Full(data) => data.take(),
+            Source::Events(events) => match ready!(events.poll_recv(cx)) {
+                Some(Event::Chunk(chunk)) => Some(chunk),
+                Some(Event::End) => {
+                    this.source = Source::Full(None);
+                    None
+                }
+                Some(Event::Failed(failure)) => {
+                    if let Some(exchange) = &this.log.exchange {
+                        exchange.log_failure(&failure);
+                    }
+                    return Poll::Ready(Some(Err(Cut)));
+                }
+                Some(Event::Head { .. }) | None => {
+                    error!("the worker was lost in the middle of a response; cutting the connection");
+                    return Poll::Ready(Some(Err(Cut)));
+                }
+            },
+        };
+        if let Some(chunk) = &chunk {
+            this.log.bytes += chunk.len() as u64;
+        }
+        Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.source, Source::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Source::Events(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Writes the access log line when the response is over, however it ended.
+struct AccessLog {
+    exchange: Option<Exchange>,
+    status: StatusCode,
+    bytes: u64,
+}
+
+impl AccessLog {
+    fn new(exchange: Exchange, status: StatusCode) -> Self {
+        AccessLog { exchange: Some(exchange), status, bytes: 0 }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let Some(x) = self.exchange.take() else { return };
+        if !log::access_enabled() {
+            return;
+        }
+        let quoted = |v: &Option<HeaderValue>| {
+            v.as_ref().map_or_else(|| "-".to_string(), |v| String::from_utf8_lossy(v.as_bytes()).replace('"', "\\\""))
+        };
+        let host = x.peer.map_or_else(|| "-".to_string(), |p| p.ip().to_canonical().to_string());
+        let time = Timestamp::from(x.received).clf();
+        let size = if self.bytes == 0 { "-".to_string() } else { self.bytes.to_string() };
+        log::access(&format!(
+            "{host} - - [{time}] \"{} {} {:?}\" {} {size} \"{}\" \"{}\"\n",
+            x.method,
+            x.uri,
+            x.version,
+            self.status.as_u16(),
+            quoted(&x.referer),
+            quoted(&x.user_agent)
+        ));
+    }
+}

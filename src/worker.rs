@@ -1,0 +1,119 @@
+//! Starting one worker process: the embedded shim, the interpreter's command
+//! line, a clean environment, and what the child sets up between fork and exec.
+//!
+//! This module starts processes and forwards their stderr to the error log;
+//! which worker serves what, and what happens when one dies, is `pool`'s.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::info;
+
+const SHIM_SOURCE: &str = include_str!("../python_shim/rwsgi_shim.py");
+
+/// Variables a worker inherits from the master when set; everything else it
+/// gets from `--env`. Python needs the locale ones to pick its encodings.
+const PASS_THROUGH: &[&str] =
+    &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
+/// The shim written to a private temporary directory for the workers to run;
+/// removed when dropped.
+pub struct Shim {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Shim {
+    pub fn install() -> io::Result<Shim> {
+        let dir = tempfile::Builder::new().prefix("rwsgi-gw-").tempdir()?;
+        let path = dir.path().join("rwsgi_shim.py");
+        std::fs::write(&path, SHIM_SOURCE)?;
+        Ok(Shim { _dir: dir, path })
+    }
+}
+
+/// How every worker is started.
+pub struct Spec {
+    pub python: PathBuf,
+    pub app: String,
+    pub chdir: PathBuf,
+    pub pythonpath: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A started worker process and its protocol pipes.
+pub struct Process {
+    pub child: Child,
+    pub pid: u32,
+    pub stdin: ChildStdin,
+    pub stdout: ChildStdout,
+}
+
+pub fn spawn(spec: &Spec, shim: &Shim) -> io::Result<Process> {
+    let mut cmd = Command::new(&spec.python);
+    cmd.arg(&shim.path)
+        .arg(&spec.app)
+        .args(&spec.pythonpath)
+        .current_dir(&spec.chdir)
+        .env_clear()
+        .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let master = std::process::id();
+    // SAFETY: the closure runs in the forked child and only makes
+    // async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own process group, so a signal to the master's group does not
+            // reach workers before the master decides what to do with them.
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The master may have died before PDEATHSIG was armed.
+            if libc::getppid() as u32 != master {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.python, e))?;
+    let pid = child.id().unwrap_or_default();
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    tokio::spawn(forward_stderr(pid, stderr));
+    Ok(Process { child, pid, stdin, stdout })
+}
+
+fn spawn_error(python: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot start {}: {e}", python.display()))
+}
+
+/// Copies a worker's stderr (the app's prints and logging) into the error log,
+/// a line at a time, tagged with the worker's pid.
+async fn forward_stderr(pid: u32, stderr: impl AsyncRead + Unpin) {
+    const MAX_LINE: u64 = 64 << 10;
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                info!("[worker {pid}] {}", text.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
