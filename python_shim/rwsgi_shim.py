@@ -6,8 +6,8 @@ runs it as `python rwsgi_shim.py APP [PYTHONPATH_DIR ...]`.
 """
 
 import collections
-import io
 import os
+import select
 import struct
 import sys
 import traceback
@@ -114,32 +114,50 @@ def frame(msg):
     return _LEN.pack(len(data)) + data
 
 
+class ClientGone(IOError):
+    """The master cancelled the request: its client disconnected."""
+
+
 class Channel:
     """The protocol stream: frames in from the master, frames out to it."""
 
     def __init__(self, infd, outfd):
-        self.reader = io.open(infd, "rb", buffering=1 << 16)
+        self.infd = infd
         self.outfd = outfd
-        # REQUEST frames queued behind the one whose body is being read.
+        self.buffer = bytearray()
+        # REQUEST frames that arrived while the current request was running.
         self.pending = collections.deque()
+        self.cancelled = set()
 
     def recv(self):
-        """The next master frame as a list, or None when the master closed the pipe."""
-        if self.pending:
-            return self.pending.popleft()
-        return self._read_frame()
+        """The next REQUEST frame, or None when the master closed the pipe."""
+        while True:
+            msg = self.pending.popleft() if self.pending else self._read_frame(block=True)
+            if msg is None or msg[0] == REQUEST:
+                return msg
+            # A CANCEL or BODY that raced the end of its request: nothing to do.
 
-    def _read_frame(self):
-        head = self.reader.read(4)
-        if len(head) < 4:
-            return None
-        (length,) = _LEN.unpack(head)
-        if length > MAX_FRAME:
-            raise ProtocolError("frame of %d bytes exceeds the limit" % length)
-        data = self.reader.read(length)
-        if len(data) < length:
-            return None
-        return unpackb(data)
+    def _read_frame(self, block):
+        """The next frame; None at the end of the stream, or if `block` is false
+        and no whole frame is there yet."""
+        buf = self.buffer
+        while True:
+            wanted = 4
+            if len(buf) >= 4:
+                (length,) = _LEN.unpack_from(buf)
+                if length > MAX_FRAME:
+                    raise ProtocolError("frame of %d bytes exceeds the limit" % length)
+                wanted = 4 + length
+                if len(buf) >= wanted:
+                    data = bytes(buf[4:wanted])
+                    del buf[:wanted]
+                    return unpackb(data)
+            if not block and not select.select([self.infd], [], [], 0)[0]:
+                return None
+            data = os.read(self.infd, max(wanted - len(buf), 1 << 16))
+            if not data:
+                return None
+            buf += data
 
     def send(self, *msgs):
         data = b"".join(frame(m) for m in msgs)
@@ -147,19 +165,36 @@ class Channel:
         while view:
             view = view[os.write(self.outfd, view):]
 
+    def check_client(self, req_id):
+        """Raise ClientGone if the master cancelled `req_id`; never blocks."""
+        while True:
+            msg = self._read_frame(block=False)
+            if msg is None:
+                break
+            self._stash(msg)
+        if req_id in self.cancelled:
+            raise ClientGone("the client disconnected")
+
     def read_body(self, req_id, size):
         """Ask the master for more of request `req_id`'s body: (chunk, more)."""
         self.send([READ, req_id, size])
         while True:
-            msg = self._read_frame()
+            msg = self._read_frame(block=True)
             if msg is None:
                 raise IOError("the master closed the pipe while the request body was being read")
             if msg[0] == BODY and msg[1] == req_id:
                 return msg[2], msg[3]
-            if msg[0] == REQUEST:
-                self.pending.append(msg)
-            elif msg[0] != CANCEL:
-                raise ProtocolError("unexpected frame type %r while reading the body" % (msg[0],))
+            self._stash(msg)
+            if req_id in self.cancelled:
+                raise ClientGone("the client disconnected while sending the request body")
+
+    def _stash(self, msg):
+        if msg[0] == REQUEST:
+            self.pending.append(msg)
+        elif msg[0] == CANCEL:
+            self.cancelled.add(msg[1])
+        else:
+            raise ProtocolError("unexpected frame type %r" % (msg[0],))
 
 
 # ---------------------------------------------------------------- wsgi
@@ -268,9 +303,11 @@ class Response:
         return self.write
 
     def write(self, data):
+        """Send one body chunk now (also the app's path for each chunk it yields)."""
         if type(data) is not bytes:
-            raise TypeError("write() takes bytes, got %s" % type(data).__name__)
+            raise TypeError("the app sent %s as body, not bytes" % type(data).__name__)
         if data:
+            self.channel.check_client(self.id)
             self.channel.send(*self.frames(data, final=False))
 
     def frames(self, data, final):
@@ -308,10 +345,7 @@ class Worker:
             msg = self.channel.recv()
             if msg is None:
                 return
-            if msg[0] == REQUEST:
-                self.handle(*msg[1:5])
-            elif msg[0] not in (CANCEL, BODY):
-                raise ProtocolError("unexpected frame type %r" % (msg[0],))
+            self.handle(*msg[1:5])
 
     def handle(self, req_id, environ_blob, body, more):
         parts = environ_blob.decode("latin-1").split("\0")
@@ -326,8 +360,12 @@ class Worker:
             finally:
                 if hasattr(result, "close"):
                     result.close()
+        except ClientGone:
+            self.channel.send([ERROR, req_id, b"the client disconnected"])
         except Exception:
-            self.channel.send([ERROR, req_id, traceback.format_exc()])
+            self.channel.send([ERROR, req_id, traceback.format_exc().encode("utf-8", "backslashreplace")])
+        finally:
+            self.channel.cancelled.discard(req_id)
 
     def send_body(self, response, result):
         if type(result) in (list, tuple) and all(type(c) is bytes for c in result):
@@ -335,10 +373,7 @@ class Worker:
             self.channel.send(*response.frames(b"".join(result), final=True))
             return
         for data in result:
-            if type(data) is not bytes:
-                raise TypeError("the app yielded %s, not bytes" % type(data).__name__)
-            if data:
-                self.channel.send(*response.frames(data, final=False))
+            response.write(data)
         self.channel.send(*response.frames(b"", final=True))
 
 
@@ -390,7 +425,7 @@ def main():
     try:
         app = load_app(app_spec)
     except BaseException:
-        channel.send([BOOT_ERROR, traceback.format_exc()])
+        channel.send([BOOT_ERROR, traceback.format_exc().encode("utf-8", "backslashreplace")])
         return 3
     channel.send([HELLO, PROTOCOL_VERSION, os.getpid(), sys.version.split()[0], CODEC])
     Worker(app, channel).run()
