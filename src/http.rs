@@ -347,6 +347,9 @@ pub struct Body {
 enum Source {
     Full(Option<Bytes>),
     Events(mpsc::Receiver<Event>),
+    /// The response failed after its head: the connection is cut at the next
+    /// poll, once hyper has flushed what it already holds.
+    Cut,
 }
 
 /// The worker failed after the status line was sent: the connection is cut,
@@ -363,21 +366,24 @@ impl hyper::body::Body for Body {
         let this = &mut *self;
         let chunk = match &mut this.source {
             Source::Full(data) => data.take(),
+            Source::Cut => return Poll::Ready(Some(Err(Cut))),
             Source::Events(events) => match ready!(events.poll_recv(cx)) {
                 Some(Event::Chunk(chunk)) => Some(chunk),
                 Some(Event::End) => {
                     this.source = Source::Full(None);
                     None
                 }
-                Some(Event::Failed(failure)) => {
-                    if let Some(exchange) = &this.log.exchange {
-                        exchange.log_failure(&failure);
+                failed => {
+                    match (failed, &this.log.exchange) {
+                        (Some(Event::Failed(failure)), Some(exchange)) => exchange.log_failure(&failure),
+                        _ => error!("the worker was lost in the middle of a response; cutting the connection"),
                     }
-                    return Poll::Ready(Some(Err(Cut)));
-                }
-                Some(Event::Head { .. }) | None => {
-                    error!("the worker was lost in the middle of a response; cutting the connection");
-                    return Poll::Ready(Some(Err(Cut)));
+                    // hyper drops its unflushed output with the connection when
+                    // a body fails; one Pending lets it flush the chunks the
+                    // client is owed first.
+                    this.source = Source::Cut;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
             },
         };
@@ -394,7 +400,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Source::Events(_) => SizeHint::default(),
+            Source::Events(_) | Source::Cut => SizeHint::default(),
         }
     }
 }

@@ -150,6 +150,7 @@ def test_generator_chunks_reach_client_at_app_pace(server):
     assert None not in times, "markers missing: %r (received %r)" % (times, received)
     gaps = [b - a for a, b in zip(times, times[1:])]
     report = "arrivals %s, gaps %s" % (["%.3f" % t for t in times], ["%.3f" % g for g in gaps])
+    print(report)
     assert b"transfer-encoding: chunked" in received.lower(), received[:500]
     assert times[0] < 0.5, "first chunk came late: " + report
     assert times[4] - times[0] >= 0.35, "chunks bunched up: " + report
