@@ -2,7 +2,8 @@
 sends over this process's stdin, answering on its stdout (docs/protocol.md).
 
 Standard library only, Python 3.8+ and PyPy. The master embeds this file and
-runs it as `python rwsgi_shim.py APP [PYTHONPATH_DIR ...]`.
+runs it as `python -c BOOTSTRAP APP [PYTHONPATH_DIR ...]`, the bootstrap
+compiling this source from the environment (src/worker.rs).
 """
 
 import collections
@@ -420,7 +421,7 @@ def take_protocol_fds():
 def main():
     channel = take_protocol_fds()
     app_spec, paths = sys.argv[1], sys.argv[2:]
-    # sys.path[0] is this script's temporary directory: the app directory replaces it.
+    # sys.path[0] is '' under -c: the app directory, absolute, replaces it.
     sys.path[0:1] = [os.getcwd()] + paths
     try:
         app = load_app(app_spec)

@@ -63,13 +63,6 @@ async fn run(config: cli::Config) -> ExitCode {
             }
         }
     }
-    let shim = match worker::Shim::install() {
-        Ok(shim) => shim,
-        Err(e) => {
-            error!("cannot write the worker shim to the temporary directory: {e}; set TMPDIR to a writable directory.");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
     let spec = worker::Spec {
         python: config.python,
         app: config.app,
@@ -78,7 +71,7 @@ async fn run(config: cli::Config) -> ExitCode {
         env: config.env,
     };
     let app = spec.app.clone();
-    let pool = match Pool::start(spec, shim, config.workers, QUEUE_LIMIT).await {
+    let pool = match Pool::start(spec, config.workers, QUEUE_LIMIT).await {
         Ok(pool) => Arc::new(pool),
         Err(failure) => {
             report_boot_failure(&app, &failure, &config.error_log);

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::protocol::{self, FrameReader, FromWorker, ProtocolError, RequestId, ToWorker};
-use crate::worker::{self, Process, Shim, Spec};
+use crate::worker::{self, Process, Spec};
 use crate::{error, info, warning};
 
 /// Response chunks buffered per request before the worker is made to wait.
@@ -88,7 +88,6 @@ pub struct Pool {
 struct Shared {
     state: Mutex<State>,
     spec: Spec,
-    shim: Shim,
     backlog: usize,
     /// The number of live worker processes, watched by `stop`.
     live: watch::Sender<usize>,
@@ -178,7 +177,7 @@ struct Booted {
 
 impl Pool {
     /// Starts `workers` workers and waits until every one has imported the app.
-    pub async fn start(spec: Spec, shim: Shim, workers: usize, backlog: usize) -> Result<Pool, BootFailure> {
+    pub async fn start(spec: Spec, workers: usize, backlog: usize) -> Result<Pool, BootFailure> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 slots: (0..workers)
@@ -189,7 +188,6 @@ impl Pool {
                 closing: false,
             }),
             spec,
-            shim,
             backlog,
             live: watch::Sender::new(0),
         });
@@ -252,8 +250,7 @@ impl Shared {
 
     /// Starts one worker and waits for its hello.
     async fn boot(&self) -> Result<Booted, BootFailure> {
-        let Process { mut child, pid, stdin, stdout } =
-            worker::spawn(&self.spec, &self.shim).map_err(BootFailure::Spawn)?;
+        let Process { mut child, pid, stdin, stdout } = worker::spawn(&self.spec).map_err(BootFailure::Spawn)?;
         info!("Booting worker with pid: {pid}");
         let mut frames = FrameReader::new(stdout);
         let failure = match frames.next().await {

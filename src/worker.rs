@@ -1,5 +1,6 @@
-//! Starting one worker process: the embedded shim, the interpreter's command
-//! line, a clean environment, and what the child sets up between fork and exec.
+//! Starting one worker process: the interpreter's command line with the
+//! embedded shim, a clean environment, and what the child sets up between fork
+//! and exec.
 //!
 //! This module starts processes and forwards their stderr to the error log;
 //! which worker serves what, and what happens when one dies, is `pool`'s.
@@ -15,27 +16,16 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use crate::info;
 
 const SHIM_SOURCE: &str = include_str!("../python_shim/rwsgi_shim.py");
+/// The shim travels in the environment and is compiled from there, so no file
+/// is left behind by a master that is SIGKILLed and no path needs to be
+/// readable in a sandbox. The shim removes the variable before the app loads.
+const SHIM_VAR: &str = "RWSGI_GW_SHIM";
+const BOOTSTRAP: &str = "import os; exec(compile(os.environ.pop('RWSGI_GW_SHIM'), 'rwsgi_shim.py', 'exec'))";
 
 /// Variables a worker inherits from the master when set; everything else it
 /// gets from `--env`. Python needs the locale ones to pick its encodings.
 const PASS_THROUGH: &[&str] =
     &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
-
-/// The shim written to a private temporary directory for the workers to run;
-/// removed when dropped.
-pub struct Shim {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl Shim {
-    pub fn install() -> io::Result<Shim> {
-        let dir = tempfile::Builder::new().prefix("rwsgi-gw-").tempdir()?;
-        let path = dir.path().join("rwsgi_shim.py");
-        std::fs::write(&path, SHIM_SOURCE)?;
-        Ok(Shim { _dir: dir, path })
-    }
-}
 
 /// How every worker is started.
 pub struct Spec {
@@ -54,15 +44,17 @@ pub struct Process {
     pub stdout: ChildStdout,
 }
 
-pub fn spawn(spec: &Spec, shim: &Shim) -> io::Result<Process> {
+pub fn spawn(spec: &Spec) -> io::Result<Process> {
     let mut cmd = Command::new(&spec.python);
-    cmd.arg(&shim.path)
+    cmd.arg("-c")
+        .arg(BOOTSTRAP)
         .arg(&spec.app)
         .args(&spec.pythonpath)
         .current_dir(&spec.chdir)
         .env_clear()
         .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(SHIM_VAR, SHIM_SOURCE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
