@@ -2,15 +2,18 @@
 sends over this process's stdin, answering on its stdout (docs/protocol.md).
 
 Standard library only, Python 3.8+ and PyPy. The master embeds this file and
-runs it as `python -c BOOTSTRAP APP [PYTHONPATH_DIR ...]`, the bootstrap
+runs it as `python -c BOOTSTRAP APP THREADS [PYTHONPATH_DIR ...]`, the bootstrap
 compiling this source from the environment (src/worker.rs).
 """
 
 import collections
+import faulthandler
 import os
+import queue
 import select
 import struct
 import sys
+import threading
 import traceback
 
 # ---------------------------------------------------------------- protocol
@@ -126,6 +129,7 @@ class Channel:
         self.infd = infd
         self.outfd = outfd
         self.buffer = bytearray()
+        self.send_lock = threading.Lock()
         # REQUEST frames that arrived while the current request was running.
         self.pending = collections.deque()
         self.cancelled = set()
@@ -162,9 +166,10 @@ class Channel:
 
     def send(self, *msgs):
         data = b"".join(frame(m) for m in msgs)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.outfd, view):]
+        with self.send_lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.outfd, view):]
 
     def check_client(self, req_id):
         """Raise ClientGone if the master cancelled `req_id`; never blocks."""
@@ -196,6 +201,51 @@ class Channel:
             self.cancelled.add(msg[1])
         else:
             raise ProtocolError("unexpected frame type %r" % (msg[0],))
+
+    def done(self, req_id):
+        self.cancelled.discard(req_id)
+
+
+class RoutedChannel(Channel):
+    """The channel of a worker with threads: the main thread alone reads the
+    pipe and hands each request's BODY and CANCEL frames to its thread."""
+
+    def __init__(self, infd, outfd):
+        Channel.__init__(self, infd, outfd)
+        self.bodies = {}
+
+    def next_request(self):
+        """The next REQUEST; routes every other frame on the way."""
+        while True:
+            msg = self._read_frame(block=True)
+            if msg is None or msg[0] == REQUEST:
+                if msg is not None:
+                    self.bodies[msg[1]] = queue.SimpleQueue()
+                return msg
+            inbox = self.bodies.get(msg[1])
+            if msg[0] == CANCEL:
+                self.cancelled.add(msg[1])
+                if inbox is not None:
+                    inbox.put(None)
+            elif msg[0] == BODY and inbox is not None:
+                inbox.put((msg[2], msg[3]))
+            elif msg[0] != BODY:
+                raise ProtocolError("unexpected frame type %r" % (msg[0],))
+
+    def check_client(self, req_id):
+        if req_id in self.cancelled:
+            raise ClientGone("the client disconnected")
+
+    def read_body(self, req_id, size):
+        self.send([READ, req_id, size])
+        body = self.bodies[req_id].get()
+        if body is None:
+            raise ClientGone("the client disconnected while sending the request body")
+        return body
+
+    def done(self, req_id):
+        self.bodies.pop(req_id, None)
+        self.cancelled.discard(req_id)
 
 
 # ---------------------------------------------------------------- wsgi
@@ -328,13 +378,14 @@ class Response:
 
 
 class Worker:
-    def __init__(self, app, channel):
+    def __init__(self, app, channel, threads):
         self.app = app
         self.channel = channel
+        self.threads = threads
         self.base_environ = {
             "wsgi.version": (1, 0),
             "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False,
+            "wsgi.multithread": threads > 1,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
@@ -348,6 +399,18 @@ class Worker:
                 return
             self.handle(*msg[1:5])
 
+    def run_threaded(self):
+        """Like gunicorn's gthread: requests run on a pool of threads, in the
+        order they arrive, while this thread routes the frames."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="rwsgi-request") as pool:
+            while True:
+                msg = self.channel.next_request()
+                if msg is None:
+                    return
+                pool.submit(self.handle, *msg[1:5])
+
     def handle(self, req_id, environ_blob, body, more):
         parts = environ_blob.decode("latin-1").split("\0")
         environ = dict(zip(parts[0::2], parts[1::2]))
@@ -355,6 +418,8 @@ class Worker:
         environ["wsgi.input"] = Input(self.channel, req_id, body, more)
         response = Response(self.channel, req_id)
         try:
+            # A request queued behind another may have lost its client meanwhile.
+            self.channel.check_client(req_id)
             result = self.app(environ, response.start_response)
             try:
                 self.send_body(response, result)
@@ -366,7 +431,7 @@ class Worker:
         except Exception:
             self.channel.send([ERROR, req_id, traceback.format_exc().encode("utf-8", "backslashreplace")])
         finally:
-            self.channel.cancelled.discard(req_id)
+            self.channel.done(req_id)
 
     def send_body(self, response, result):
         if type(result) in (list, tuple) and all(type(c) is bytes for c in result):
@@ -405,7 +470,7 @@ def load_app(spec):
     return obj
 
 
-def take_protocol_fds():
+def take_protocol_fds(channel_class):
     """Keep fds 0 and 1 for the protocol; give the app /dev/null and stderr instead."""
     infd, outfd = os.dup(0), os.dup(1)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -415,12 +480,15 @@ def take_protocol_fds():
     for fd in (infd, outfd):
         os.set_inheritable(fd, False)
     sys.stdout.reconfigure(line_buffering=True)
-    return Channel(infd, outfd)
+    return channel_class(infd, outfd)
 
 
 def main():
-    channel = take_protocol_fds()
-    app_spec, paths = sys.argv[1], sys.argv[2:]
+    app_spec, threads, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    channel = take_protocol_fds(RoutedChannel if threads > 1 else Channel)
+    # On SIGABRT (the master's timeout) or a crash, every thread's traceback
+    # goes to stderr, which the master logs.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     # sys.path[0] is '' under -c: the app directory, absolute, replaces it.
     sys.path[0:1] = [os.getcwd()] + paths
     try:
@@ -429,7 +497,11 @@ def main():
         channel.send([BOOT_ERROR, traceback.format_exc().encode("utf-8", "backslashreplace")])
         return 3
     channel.send([HELLO, PROTOCOL_VERSION, os.getpid(), sys.version.split()[0], CODEC])
-    Worker(app, channel).run()
+    worker = Worker(app, channel, threads)
+    if threads > 1:
+        worker.run_threaded()
+    else:
+        worker.run()
     return 0
 
 

@@ -6,10 +6,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 
 use crate::log::{Level, Target};
+use crate::pool::Settings;
 
 const DEFAULT_PORT: u16 = 8000;
 
@@ -28,6 +30,42 @@ struct Args {
     /// Number of worker processes [default: $WEB_CONCURRENCY, else 1]
     #[arg(short = 'w', long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+
+    /// Threads per worker; above 1 the worker serves that many requests at once
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// Seconds a worker may spend on one request (or on loading the app) before it is killed; 0 means never
+    #[arg(short = 't', long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    timeout: Duration,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or SIGINT
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    graceful_timeout: Duration,
+
+    /// Retire a worker after this many requests; 0 means never
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests: u64,
+
+    /// Add up to this many requests, at random, to --max-requests for each worker
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_requests_jitter: u64,
+
+    /// Retire a worker, after its current request, once its resident memory passes this many MiB
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    max_worker_memory: Option<u64>,
+
+    /// Requests that may wait for a free worker; when full, new requests get 503 at once
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    backlog: u64,
+
+    /// Seconds a request may wait for a free worker before it gets 503 [default: no limit]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    queue_timeout: Option<Duration>,
+
+    /// Write the master's pid to this file, removed at exit
+    #[arg(long, value_name = "FILE")]
+    pid: Option<PathBuf>,
 
     /// Python interpreter that runs the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
     #[arg(long, value_name = "PATH")]
@@ -72,7 +110,6 @@ pub enum Bind {
 #[derive(Debug)]
 pub struct Config {
     pub binds: Vec<Bind>,
-    pub workers: usize,
     pub python: PathBuf,
     pub chdir: PathBuf,
     pub pythonpath: Vec<String>,
@@ -81,6 +118,9 @@ pub struct Config {
     pub log_level: Level,
     pub error_log: Target,
     pub access_log: Option<Target>,
+    pub graceful_timeout: Duration,
+    pub pid_file: Option<PathBuf>,
+    pub pool: Settings,
 }
 
 /// Parses the command line; on a mistake prints one sentence and exits 2.
@@ -138,9 +178,18 @@ impl TryFrom<Args> for Config {
         } else {
             args.bind
         };
+        let pool = Settings {
+            workers,
+            threads: usize::from(args.threads),
+            backlog: usize::try_from(args.backlog).unwrap_or(usize::MAX),
+            timeout: args.timeout,
+            queue_timeout: args.queue_timeout,
+            max_requests: (args.max_requests > 0).then_some(args.max_requests),
+            max_requests_jitter: args.max_requests_jitter,
+            max_memory: args.max_worker_memory.map(|mib| mib << 20),
+        };
         Ok(Config {
             binds,
-            workers,
             python,
             chdir,
             pythonpath: args.pythonpath.into_iter().filter(|p| !p.is_empty()).collect(),
@@ -149,6 +198,9 @@ impl TryFrom<Args> for Config {
             log_level: args.log_level,
             error_log: log_target(&args.error_logfile, Target::Stderr),
             access_log: args.access_logfile.as_deref().map(|f| log_target(f, Target::Stdout)),
+            graceful_timeout: args.graceful_timeout,
+            pid_file: args.pid,
+            pool,
         })
     }
 }
@@ -233,6 +285,15 @@ fn parse_bind(value: &str) -> Result<Bind, String> {
         .ok_or_else(|| format!("cannot resolve host {host:?}; use HOST:PORT, [IPV6]:PORT or unix:PATH"))
 }
 
+/// Seconds, fractions allowed; 0 means "no limit" (a century).
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s == 0.0 => Ok(Duration::from_secs(100 * 365 * 86_400)),
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err("expected a number of seconds, such as 30 or 0.5".into()),
+    }
+}
+
 fn parse_env(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, val)) if !key.is_empty() && !key.contains('\0') && !val.contains('\0') => {
@@ -286,6 +347,15 @@ mod tests {
         assert_eq!(parse_bind("127.0.0.1"), Ok(Bind::Tcp("127.0.0.1:8000".parse().unwrap())));
         for bad in ["host:99999", ":80", "unix:", "127.0.0.1:x"] {
             assert!(parse_bind(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("0").unwrap() > Duration::from_secs(1 << 30));
+        for bad in ["-1", "x", "inf", "NaN", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
         }
     }
 

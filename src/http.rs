@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::Bind;
 use crate::environ::{self, Conn};
 use crate::log::{self, Timestamp};
-use crate::pool::{BodyError, Event, Failure, Job, Pool};
+use crate::pool::{BodyError, Event, Failure, Job, Pool, Ticket};
 use crate::{debug, error, warning};
 
 /// Request body that travels inside the request frame; more is pulled on demand.
@@ -172,13 +172,13 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, pool: Arc<Pool>) -> Res
                 .reply(StatusCode::BAD_REQUEST, &format!("Bad Request: the request body could not be read ({e}).\n")))
         }
     };
-    let mut events = match pool.submit(Job { environ, body, rest }) {
-        Ok(events) => events,
+    let mut ticket = match pool.submit(Job { environ, body, rest }) {
+        Ok(ticket) => ticket,
         Err(e) => return Ok(exchange.reply(StatusCode::SERVICE_UNAVAILABLE, &format!("Service Unavailable: {e}.\n"))),
     };
-    Ok(match events.recv().await {
+    Ok(match ticket.recv().await {
         Some(Event::Head { status, headers }) => match head(&status, headers) {
-            Ok(head) => exchange.stream(head, events),
+            Ok(head) => exchange.stream(head, ticket),
             Err(e) => {
                 error!("{}: the app's response is invalid: {e}", exchange.request_line());
                 exchange.reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
@@ -186,7 +186,16 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, pool: Arc<Pool>) -> Res
         },
         Some(Event::Failed(failure)) => {
             exchange.log_failure(&failure);
-            exchange.reply(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+            let (status, text) = match failure {
+                Failure::App { .. } | Failure::MalformedHeaders => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+                }
+                Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout: the app did not answer in time.\n"),
+                Failure::QueueTimeout => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable: no worker was free in time.\n")
+                }
+            };
+            exchange.reply(status, text)
         }
         Some(Event::Chunk(_) | Event::End) | None => {
             error!("{}: the worker was lost before it answered", exchange.request_line());
@@ -316,6 +325,10 @@ impl Exchange {
             Failure::MalformedHeaders => {
                 error!("{}: the app sent a header list that is not name/value pairs", self.request_line())
             }
+            Failure::Timeout => error!("{}: the worker was killed after the timeout", self.request_line()),
+            Failure::QueueTimeout => {
+                warning!("{}: no worker was free within --queue-timeout; answered 503", self.request_line())
+            }
         }
     }
 
@@ -331,10 +344,10 @@ impl Exchange {
         response
     }
 
-    fn stream(self, head: Response<()>, events: mpsc::Receiver<Event>) -> Response<Body> {
+    fn stream(self, head: Response<()>, ticket: Ticket) -> Response<Body> {
         let (parts, ()) = head.into_parts();
         let log = AccessLog::new(self, parts.status);
-        Response::from_parts(parts, Body { source: Source::Events(events), log })
+        Response::from_parts(parts, Body { source: Source::Events(ticket), log })
     }
 }
 
@@ -346,7 +359,7 @@ pub struct Body {
 
 enum Source {
     Full(Option<Bytes>),
-    Events(mpsc::Receiver<Event>),
+    Events(Ticket),
     /// The response failed after its head: the connection is cut at the next
     /// poll, once hyper has flushed what it already holds.
     Cut,
@@ -367,7 +380,7 @@ impl hyper::body::Body for Body {
         let chunk = match &mut this.source {
             Source::Full(data) => data.take(),
             Source::Cut => return Poll::Ready(Some(Err(Cut))),
-            Source::Events(events) => match ready!(events.poll_recv(cx)) {
+            Source::Events(ticket) => match ready!(ticket.poll_recv(cx)) {
                 Some(Event::Chunk(chunk)) => Some(chunk),
                 Some(Event::End) => {
                     this.source = Source::Full(None);

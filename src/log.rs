@@ -70,19 +70,37 @@ impl Sink {
 
 struct Logger {
     level: Level,
-    error: Mutex<Sink>,
-    access: Option<Mutex<Sink>>,
+    error: Log,
+    access: Option<Log>,
+}
+
+/// One log: where it goes, and the open sink (reopened on SIGUSR1, for logrotate).
+struct Log {
+    target: Target,
+    sink: Mutex<Sink>,
+}
+
+impl Log {
+    fn open(target: &Target) -> io::Result<Log> {
+        Ok(Log { target: target.clone(), sink: Mutex::new(target.open()?) })
+    }
+
+    fn write_line(&self, line: &[u8]) {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).write_line(line);
+    }
+
+    fn reopen(&self) -> io::Result<()> {
+        let fresh = self.target.open()?;
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
 }
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
 /// Opens both logs; called once at start, before anything logs.
 pub fn init(level: Level, error: &Target, access: Option<&Target>) -> io::Result<()> {
-    let logger = Logger {
-        level,
-        error: Mutex::new(error.open()?),
-        access: access.map(Target::open).transpose()?.map(Mutex::new),
-    };
+    let logger = Logger { level, error: Log::open(error)?, access: access.map(Log::open).transpose()? };
     // A second init is a programming error that changes nothing.
     let _ = LOGGER.set(logger);
     Ok(())
@@ -103,15 +121,22 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     let now = Timestamp::now();
     let line = format!("[{}] [{}] [{}] {}\n", now.iso(), std::process::id(), level.label(), args);
     match LOGGER.get() {
-        Some(logger) => logger.error.lock().unwrap_or_else(|e| e.into_inner()).write_line(line.as_bytes()),
+        Some(logger) => logger.error.write_line(line.as_bytes()),
         None => Sink::Stderr.write_line(line.as_bytes()),
     }
 }
 
 pub fn access(line: &str) {
-    if let Some(sink) = LOGGER.get().and_then(|l| l.access.as_ref()) {
-        sink.lock().unwrap_or_else(|e| e.into_inner()).write_line(line.as_bytes());
+    if let Some(log) = LOGGER.get().and_then(|l| l.access.as_ref()) {
+        log.write_line(line.as_bytes());
     }
+}
+
+/// Reopens both log files under their names, after logrotate moved them.
+pub fn reopen() -> io::Result<()> {
+    let Some(logger) = LOGGER.get() else { return Ok(()) };
+    logger.error.reopen()?;
+    logger.access.as_ref().map_or(Ok(()), Log::reopen)
 }
 
 #[macro_export]

@@ -1,5 +1,5 @@
 //! rwsgi-gw: the edge of the program. Parses the command line, opens the logs,
-//! binds the listeners, boots the workers and runs until a signal says stop.
+//! binds the listeners, boots the workers and turns signals into actions.
 //! Each concern lives in its own module; this one only wires them together.
 
 mod cli;
@@ -10,18 +10,14 @@ mod pool;
 mod protocol;
 mod worker;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::pool::{BootFailure, Pool};
-
-/// Requests that may wait for a worker before new ones get 503.
-const QUEUE_LIMIT: usize = 1024;
-/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
-const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Exit codes: 1 for a runtime failure (a port in use), 2 for a usage error
 /// (clap's convention), 3 when the app cannot be loaded (like gunicorn's
@@ -50,6 +46,13 @@ fn main() -> ExitCode {
 
 async fn run(config: cli::Config) -> ExitCode {
     let pid = std::process::id();
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let mut listeners = Vec::new();
     for bind in &config.binds {
         match http::Listener::bind(bind).await {
@@ -63,45 +66,104 @@ async fn run(config: cli::Config) -> ExitCode {
             }
         }
     }
+    let _pid_file = match config.pid_file.map(PidFile::create).transpose() {
+        Ok(pid_file) => pid_file,
+        Err(e) => {
+            error!("cannot write the pid file: {e}; pass a writable path to --pid.");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
     let spec = worker::Spec {
         python: config.python,
         app: config.app,
         chdir: config.chdir,
         pythonpath: config.pythonpath,
         env: config.env,
+        threads: config.pool.threads,
     };
     let app = spec.app.clone();
-    let pool = match Pool::start(spec, config.workers, QUEUE_LIMIT).await {
+    let pool = match Pool::start(spec, config.pool).await {
         Ok(pool) => Arc::new(pool),
         Err(failure) => {
             report_boot_failure(&app, &failure, &config.error_log);
             return ExitCode::from(EXIT_BOOT);
         }
     };
-    let (mut term, mut int, mut quit) =
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::quit())) {
-            (Ok(term), Ok(int), Ok(quit)) => (term, int, quit),
-            _ => {
-                error!("cannot install signal handlers");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-        };
-    let mut graceful = true;
-    let shutdown = async {
-        tokio::select! {
-            _ = term.recv() => info!("Handling signal: term"),
-            _ = int.recv() => info!("Handling signal: int"),
-            _ = quit.recv() => {
-                info!("Handling signal: quit");
-                graceful = false;
-            }
-        }
-    };
-    http::serve(listeners, pool.clone(), shutdown, GRACEFUL_TIMEOUT).await;
-    let grace = if graceful { GRACEFUL_TIMEOUT } else { Duration::ZERO };
+    let mut grace = config.graceful_timeout;
+    let shutdown = signals.wait_for_stop(&pool, &mut grace);
+    http::serve(listeners, pool.clone(), shutdown, config.graceful_timeout).await;
     pool.stop(grace).await;
     info!("Shutting down: Master");
     ExitCode::SUCCESS
+}
+
+/// The signals gunicorn defines, as tokio streams.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    hup: Signal,
+    ttin: Signal,
+    ttou: Signal,
+    usr1: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            hup: signal(SignalKind::hangup())?,
+            ttin: signal(SignalKind::from_raw(libc::SIGTTIN))?,
+            ttou: signal(SignalKind::from_raw(libc::SIGTTOU))?,
+            usr1: signal(SignalKind::user_defined1())?,
+        })
+    }
+
+    /// Acts on every signal until one asks to stop: TERM and INT gracefully,
+    /// QUIT at once (`grace` becomes zero).
+    async fn wait_for_stop(&mut self, pool: &Pool, grace: &mut Duration) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return info!("Handling signal: term"),
+                _ = self.int.recv() => return info!("Handling signal: int"),
+                _ = self.quit.recv() => {
+                    info!("Handling signal: quit");
+                    *grace = Duration::ZERO;
+                    return;
+                }
+                _ = self.hup.recv() => {
+                    info!("Handling signal: hup");
+                    pool.reload();
+                }
+                _ = self.ttin.recv() => pool.add_worker(),
+                _ = self.ttou.recv() => pool.remove_worker(),
+                _ = self.usr1.recv() => {
+                    info!("Handling signal: usr1; reopening the log files");
+                    if let Err(e) = log::reopen() {
+                        error!("cannot reopen a log file: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The `--pid` file, removed when dropped.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: PathBuf) -> std::io::Result<PidFile> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The traceback always reaches stderr, even when the error log is a file.

@@ -1,16 +1,21 @@
-//! The worker pool: which worker serves which request.
+//! The worker pool: which workers run, and which worker serves which request.
 //!
-//! Owns the admission queue, each worker's phase and in-flight requests, the
-//! routing of worker frames back to the requests waiting for them, and the
-//! replacement of workers that die. It speaks the pipe protocol but not HTTP:
-//! requests arrive as `Job`s and answers leave as `Event`s.
+//! Owns the admission queue, every worker's phase and in-flight requests, the
+//! routing of worker frames back to the requests that wait for them, and every
+//! policy about workers: boot, timeouts, recycling, reloads, replacing the
+//! dead. It speaks the pipe protocol but not HTTP: requests arrive as `Job`s
+//! and answers leave as `Event`s.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, watch};
@@ -21,12 +26,27 @@ use crate::{error, info, warning};
 
 /// Response chunks buffered per request before the worker is made to wait.
 const EVENT_BUFFER: usize = 8;
-/// Requests in flight per worker: the running one and one queued behind it,
-/// so a worker never waits a pipe round trip for its next request.
-const PER_WORKER: usize = 2;
 /// A worker that dies younger than this counts towards a crash loop.
 const STABLE_AFTER: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a hung worker has to print its tracebacks before SIGKILL.
+const DUMP_GRACE: Duration = Duration::from_secs(2);
+/// How often timeouts are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The pool's knobs, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub workers: usize,
+    pub threads: usize,
+    /// Requests that may wait for a worker before new ones get 503.
+    pub backlog: usize,
+    pub timeout: Duration,
+    pub queue_timeout: Option<Duration>,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub max_memory: Option<u64>,
+}
 
 /// A request as the pool sees it.
 pub struct Job {
@@ -59,6 +79,10 @@ pub enum Failure {
     App { traceback: String },
     /// The header list could not be split into names and values.
     MalformedHeaders,
+    /// The worker ran past the timeout and was killed.
+    Timeout,
+    /// The request waited for a worker past the queue timeout.
+    QueueTimeout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +101,8 @@ pub enum BootFailure {
     Import(String),
     #[error("the worker exited before it was ready ({0})")]
     Died(String),
+    #[error("the worker did not finish loading the app within the {0:?} timeout")]
+    Timeout(Duration),
     #[error("the worker broke the protocol while booting: {0}")]
     Protocol(String),
 }
@@ -85,26 +111,47 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
+/// A submitted request's answer. Dropping it before the answer is complete
+/// withdraws the request: from the queue, or from the worker (CANCEL).
+pub struct Ticket {
+    id: RequestId,
+    events: mpsc::Receiver<Event>,
+    done: bool,
+    shared: Arc<Shared>,
+}
+
 struct Shared {
     state: Mutex<State>,
     spec: Spec,
-    backlog: usize,
+    settings: Settings,
     /// The number of live worker processes, watched by `stop`.
     live: watch::Sender<usize>,
 }
 
+type WorkerId = u64;
+
 struct State {
-    slots: Vec<Slot>,
+    workers: Vec<Worker>,
+    /// How many workers of the current generation should be serving.
+    target: usize,
+    /// Bumped by a reload: older workers are retired as new ones get ready.
+    generation: u64,
     queue: VecDeque<Pending>,
-    next_id: RequestId,
+    next_request: RequestId,
+    next_worker: WorkerId,
+    /// Unexpected deaths in a row of workers younger than `STABLE_AFTER`.
+    crashes: u32,
     closing: bool,
+    threads: usize,
 }
 
-struct Slot {
+struct Worker {
+    id: WorkerId,
+    generation: u64,
     phase: Phase,
     in_flight: VecDeque<InFlight>,
-    /// Deaths in a row of workers that did not live `STABLE_AFTER`.
-    crashes: u32,
+    served: u64,
+    max_requests: Option<u64>,
 }
 
 /// A worker is Booting, Serving (idle when nothing is in flight, busy
@@ -123,26 +170,11 @@ struct Link {
     frames: mpsc::UnboundedSender<Bytes>,
 }
 
-impl Phase {
-    fn link(&self) -> Option<&Link> {
-        match self {
-            Phase::Serving(link) | Phase::Draining(link) => Some(link),
-            Phase::Booting | Phase::Exiting { .. } => None,
-        }
-    }
-
-    fn pid(&self) -> Option<u32> {
-        match self {
-            Phase::Serving(link) | Phase::Draining(link) => Some(link.pid),
-            Phase::Exiting { pid } => Some(*pid),
-            Phase::Booting => None,
-        }
-    }
-}
-
 struct Pending {
+    id: RequestId,
     job: Job,
     events: mpsc::Sender<Event>,
+    since: Instant,
 }
 
 struct InFlight {
@@ -150,22 +182,29 @@ struct InFlight {
     events: mpsc::Sender<Event>,
     /// Wakes the body pump when the worker asks for more body.
     reads: Option<mpsc::Sender<()>>,
-    /// The request itself, kept while it could still be handed to another
-    /// worker: it was queued behind another request and its body is complete.
-    retry: Option<(Bytes, Bytes)>,
+    stage: Stage,
     progress: Progress,
+}
+
+/// Where a request sent to a worker is.
+enum Stage {
+    /// Queued in the worker's pipe behind requests that hold every thread, so
+    /// the worker has not started it: if the worker dies it goes elsewhere.
+    InPipe { environ: Bytes, body: Bytes },
+    /// A thread may be running it; the timeout counts from `since`.
+    Running { since: Instant },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Progress {
-    /// No frame yet: the worker may not have started it.
-    Waiting,
-    Streaming,
+    Live,
     /// The client is gone; the worker was told and its frames are dropped.
     Cancelled,
+    /// The worker ran past the timeout and is being killed.
+    TimedOut,
 }
 
-/// A worker that said hello, ready to be given a slot.
+/// A worker that said hello, ready to serve.
 struct Booted {
     child: Child,
     pid: u32,
@@ -176,69 +215,130 @@ struct Booted {
 }
 
 impl Pool {
-    /// Starts `workers` workers and waits until every one has imported the app.
-    pub async fn start(spec: Spec, workers: usize, backlog: usize) -> Result<Pool, BootFailure> {
+    /// Starts the workers and waits until every one has imported the app.
+    pub async fn start(spec: Spec, settings: Settings) -> Result<Pool, BootFailure> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                slots: (0..workers)
-                    .map(|_| Slot { phase: Phase::Booting, in_flight: VecDeque::new(), crashes: 0 })
-                    .collect(),
+                workers: Vec::new(),
+                target: settings.workers,
+                generation: 0,
                 queue: VecDeque::new(),
-                next_id: 0,
+                next_request: 0,
+                next_worker: 0,
+                crashes: 0,
                 closing: false,
+                threads: settings.threads,
             }),
             spec,
-            backlog,
+            settings,
             live: watch::Sender::new(0),
         });
         let mut boots = tokio::task::JoinSet::new();
-        for slot in 0..workers {
+        for _ in 0..shared.settings.workers {
+            let id = shared.lock().add_booting();
             let shared = shared.clone();
-            boots.spawn(async move { (slot, shared.boot().await) });
+            boots.spawn(async move { (id, shared.boot().await) });
         }
         while let Some(joined) = boots.join_next().await {
-            let (slot, booted) = joined.expect("boot tasks do not panic");
-            shared.install(slot, booted?);
+            let (id, booted) = joined.expect("boot tasks do not panic");
+            shared.install(id, booted?);
         }
+        tokio::spawn(shared.clone().watchdog());
         Ok(Pool { shared })
     }
 
-    /// Hands a request to a worker, or queues it; the receiver gets its answer.
-    pub fn submit(&self, job: Job) -> Result<mpsc::Receiver<Event>, Rejected> {
+    /// Hands a request to a worker, or queues it.
+    pub fn submit(&self, job: Job) -> Result<Ticket, Rejected> {
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let mut state = self.shared.lock();
         if state.closing {
             return Err(Rejected::ShuttingDown);
         }
-        let pending = Pending { job, events };
+        let id = state.next_request;
+        state.next_request = id.wrapping_add(1);
+        let pending = Pending { id, job, events, since: Instant::now() };
         let pending = if state.queue.is_empty() { state.assign(pending) } else { Some(pending) };
         if let Some(pending) = pending {
-            if state.queue.len() >= self.shared.backlog {
+            if state.queue.len() >= self.shared.settings.backlog {
                 return Err(Rejected::QueueFull);
             }
             state.queue.push_back(pending);
         }
-        Ok(rx)
+        Ok(Ticket { id, events: rx, done: false, shared: self.shared.clone() })
     }
 
-    /// Closes every worker's pipe so each exits after its current request,
+    /// Starts a fresh generation of workers (new code); each old worker is
+    /// retired, after its current request, as a new one becomes ready.
+    pub fn reload(&self) {
+        let mut state = self.shared.lock();
+        state.generation += 1;
+        info!("Reloading: starting {} new worker(s)", state.target);
+        self.shared.top_up(&mut state);
+    }
+
+    /// One more worker (SIGTTIN).
+    pub fn add_worker(&self) {
+        let mut state = self.shared.lock();
+        state.target += 1;
+        info!("Increasing the number of workers to {}", state.target);
+        self.shared.top_up(&mut state);
+    }
+
+    /// One worker fewer, never below one (SIGTTOU).
+    pub fn remove_worker(&self) {
+        let mut state = self.shared.lock();
+        if state.target <= 1 {
+            warning!("Not decreasing the number of workers below 1");
+            return;
+        }
+        state.target -= 1;
+        info!("Decreasing the number of workers to {}", state.target);
+        let generation = state.generation;
+        if let Some(w) = state.workers.iter_mut().find(|w| w.generation == generation && w.is_serving()) {
+            w.retire();
+        }
+    }
+
+    /// Closes every worker's pipe so each exits after its current requests,
     /// waits up to `grace` for them, then kills the rest.
     pub async fn stop(&self, grace: Duration) {
         let pids: Vec<u32> = {
             let mut state = self.shared.lock();
             state.closing = true;
-            for slot in &mut state.slots {
-                slot.retire();
+            for w in &mut state.workers {
+                w.retire();
             }
-            state.slots.iter().filter_map(|s| s.phase.pid()).collect()
+            state.workers.iter().filter_map(|w| w.phase.pid()).collect()
         };
         let mut live = self.shared.live.subscribe();
         if tokio::time::timeout(grace, live.wait_for(|&n| n == 0)).await.is_err() {
             for pid in pids {
-                warning!("Worker {pid} did not exit within the graceful timeout; killing it");
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                if !grace.is_zero() {
+                    warning!("Worker {pid} did not exit within the graceful timeout; killing it");
+                }
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
+            let _ = tokio::time::timeout(DUMP_GRACE, live.wait_for(|&n| n == 0)).await;
+        }
+    }
+}
+
+impl Ticket {
+    pub async fn recv(&mut self) -> Option<Event> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let event = std::task::ready!(self.events.poll_recv(cx));
+        self.done |= matches!(event, None | Some(Event::End | Event::Failed(_)));
+        Poll::Ready(event)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.withdraw(self.id);
         }
     }
 }
@@ -248,52 +348,60 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts one worker and waits for its hello.
+    /// Starts one worker process and waits for its hello.
     async fn boot(&self) -> Result<Booted, BootFailure> {
         let Process { mut child, pid, stdin, stdout } = worker::spawn(&self.spec).map_err(BootFailure::Spawn)?;
         info!("Booting worker with pid: {pid}");
         let mut frames = FrameReader::new(stdout);
-        let failure = match frames.next().await {
-            Ok(Some(frame)) => match protocol::decode(&frame) {
+        let timeout = self.settings.timeout;
+        let failure = match tokio::time::timeout(timeout, frames.next()).await {
+            Err(_) => BootFailure::Timeout(timeout),
+            Ok(Ok(Some(frame))) => match protocol::decode(&frame) {
                 Ok(FromWorker::Hello { version, python, codec, .. }) if version == protocol::VERSION => {
                     return Ok(Booted { child, pid, stdin, frames, python, codec });
                 }
                 Ok(FromWorker::Hello { version, .. }) => BootFailure::Protocol(format!(
-                    "it speaks protocol version {version}, this master speaks {}",
+                    "it speaks protocol {version}, this master speaks {}",
                     protocol::VERSION
                 )),
                 Ok(FromWorker::BootError { traceback }) => BootFailure::Import(traceback),
                 Ok(other) => BootFailure::Protocol(format!("expected a hello, got {other:?}")),
                 Err(e) => BootFailure::Protocol(e.to_string()),
             },
-            Ok(None) => BootFailure::Died(describe_exit(child.wait().await.ok())),
-            Err(e) => BootFailure::Protocol(e.to_string()),
+            Ok(Ok(None)) => BootFailure::Died(describe_exit(child.wait().await.ok())),
+            Ok(Err(e)) => BootFailure::Protocol(e.to_string()),
         };
         let _ = child.start_kill();
         Err(failure)
     }
 
-    fn install(self: &Arc<Self>, slot: usize, booted: Booted) {
+    /// Puts a booted worker to work in place of its Booting entry.
+    fn install(self: &Arc<Self>, id: WorkerId, booted: Booted) {
         let Booted { child, pid, stdin, frames, python, codec } = booted;
         info!("Worker {pid} ready: Python {python}, codec {codec}");
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(stdin, rx));
         self.live.send_modify(|n| *n += 1);
-        {
-            let mut state = self.lock();
-            let closing = state.closing;
-            let s = &mut state.slots[slot];
-            s.phase = Phase::Serving(Link { pid, frames: tx });
-            if closing {
-                s.retire();
-            }
-            state.fill(slot);
+        tokio::spawn(self.clone().serve(id, pid, child, frames));
+        let mut state = self.lock();
+        let (closing, current) = (state.closing, state.generation);
+        let Some(wi) = state.index(id) else { return };
+        let w = &mut state.workers[wi];
+        w.phase = Phase::Serving(Link { pid, frames: tx });
+        w.max_requests = self.settings.max_requests.map(|max| request_limit(max, self.settings.max_requests_jitter));
+        if closing || w.generation != current {
+            w.retire();
+            return;
         }
-        tokio::spawn(self.clone().serve(slot, pid, child, frames));
+        // A reload hands over one worker at a time: the oldest of an earlier generation.
+        if let Some(old) = state.workers.iter_mut().find(|w| w.generation != current && w.is_serving()) {
+            old.retire();
+        }
+        state.fill(wi);
     }
 
     /// Reads a ready worker's frames until its pipe closes, then buries it.
-    async fn serve(self: Arc<Self>, slot: usize, pid: u32, mut child: Child, mut frames: FrameReader<ChildStdout>) {
+    async fn serve(self: Arc<Self>, id: WorkerId, pid: u32, mut child: Child, mut frames: FrameReader<ChildStdout>) {
         let born = Instant::now();
         let broken = loop {
             let msg = match frames.next().await {
@@ -301,13 +409,11 @@ impl Shared {
                 Ok(None) => break None,
                 Err(e) => Err(e),
             };
-            match msg {
-                Ok(msg) => {
-                    if let Err(e) = self.route(slot, msg).await {
-                        break Some(e);
-                    }
-                }
-                Err(e) => break Some(e),
+            if let Err(e) = match msg {
+                Ok(msg) => self.route(id, pid, msg).await,
+                Err(e) => Err(e),
+            } {
+                break Some(e);
             }
         };
         if let Some(e) = &broken {
@@ -316,23 +422,23 @@ impl Shared {
         }
         let status = child.wait().await.ok();
         self.live.send_modify(|n| *n -= 1);
-        self.buried(slot, pid, status, born.elapsed());
+        self.bury(id, pid, status, born.elapsed());
     }
 
     /// Passes one worker frame on to the request it belongs to.
-    async fn route(&self, slot: usize, msg: FromWorker) -> Result<(), ProtocolError> {
+    async fn route(self: &Arc<Self>, wid: WorkerId, pid: u32, msg: FromWorker) -> Result<(), ProtocolError> {
         let id = msg.request_id().ok_or_else(|| ProtocolError::Malformed(format!("unexpected {msg:?} after boot")))?;
-        if let FromWorker::Read { .. } = msg {
-            let state = self.lock();
-            let entry = state.slots[slot].find(id)?;
-            let Some(reads) = &entry.reads else {
-                return Err(ProtocolError::Malformed(format!("request {id} has no more body to read")));
-            };
-            // A full channel already holds a wake-up.
-            let _ = reads.try_send(());
-            return Ok(());
-        }
         let (events, last) = match msg {
+            FromWorker::Read { .. } => {
+                let mut state = self.lock();
+                let entry = state.request(wid, id)?;
+                let Some(reads) = &entry.reads else {
+                    return Err(ProtocolError::Malformed(format!("request {id} has no more body to read")));
+                };
+                // A full channel already holds a wake-up.
+                let _ = reads.try_send(());
+                return Ok(());
+            }
             FromWorker::Start { status, headers, body, last, .. } => {
                 let mut events = match protocol::pairs(&headers) {
                     Some(headers) => vec![Event::Head { status, headers }],
@@ -347,114 +453,177 @@ impl Shared {
                 (if chunk.is_empty() { vec![] } else { vec![Event::Chunk(chunk)] }, last)
             }
             FromWorker::Error { traceback, .. } => (vec![Event::Failed(Failure::App { traceback })], true),
-            FromWorker::Hello { .. } | FromWorker::BootError { .. } | FromWorker::Read { .. } => {
-                unreachable!("handled above")
-            }
+            FromWorker::Hello { .. } | FromWorker::BootError { .. } => unreachable!("no request id"),
         };
         let (sender, progress) = {
             let mut state = self.lock();
-            let entry = state.slots[slot].find_mut(id)?;
-            if entry.progress == Progress::Waiting {
-                entry.progress = Progress::Streaming;
-            }
+            let entry = state.request(wid, id)?;
             (entry.events.clone(), entry.progress)
         };
-        let mut delivered = progress != Progress::Cancelled;
-        let mut events = events.into_iter().chain(last.then_some(Event::End));
+        let mut delivered = progress == Progress::Live;
         if delivered {
-            for event in events.by_ref() {
+            for event in events.into_iter().chain(last.then_some(Event::End)) {
                 if let Err(mpsc::error::SendError(event)) = sender.send(event).await {
                     if let Event::Failed(Failure::App { traceback }) = event {
-                        error!(
-                            "Error handling a request whose client is gone (worker {}):\n{traceback}",
-                            self.pid(slot)
-                        );
+                        error!("Error handling a request whose client is gone (worker {pid}):\n{traceback}");
                     }
                     delivered = false;
                     break;
                 }
             }
         }
-        let mut state = self.lock();
-        if last {
-            let s = &mut state.slots[slot];
-            s.in_flight.retain(|r| r.id != id);
-            if matches!(s.phase, Phase::Draining(_)) {
-                s.retire();
+        if !last {
+            if !delivered && progress == Progress::Live {
+                self.lock().cancel(wid, id);
             }
-            state.fill(slot);
-        } else if !delivered && progress != Progress::Cancelled {
-            state.slots[slot].find_mut(id)?.progress = Progress::Cancelled;
-            state.slots[slot].send(&ToWorker::Cancel { id });
+            return Ok(());
+        }
+        let retired = self.lock().complete(wid, id);
+        let retired = retired || self.settings.max_memory.is_some_and(|limit| self.retire_if_over(wid, pid, limit));
+        if retired {
+            self.top_up(&mut self.lock());
         }
         Ok(())
     }
 
-    fn pid(&self, slot: usize) -> u32 {
-        self.lock().slots[slot].phase.pid().unwrap_or_default()
+    /// Retires a worker whose resident memory is over `limit`.
+    fn retire_if_over(&self, wid: WorkerId, pid: u32, limit: u64) -> bool {
+        let Some(rss) = rss_bytes(pid).filter(|&rss| rss > limit) else { return false };
+        let mut state = self.lock();
+        let Some(w) = state.workers.iter_mut().find(|w| w.id == wid && w.is_serving()) else { return false };
+        info!("Worker {pid} uses {} MiB, over --max-worker-memory; retiring it", rss >> 20);
+        w.retire();
+        true
+    }
+
+    /// A ticket was dropped before its answer was complete.
+    fn withdraw(&self, id: RequestId) {
+        let mut state = self.lock();
+        if let Some(pos) = state.queue.iter().position(|p| p.id == id) {
+            state.queue.remove(pos);
+            return;
+        }
+        if let Some(wid) = state.workers.iter().find(|w| w.in_flight.iter().any(|r| r.id == id)).map(|w| w.id) {
+            state.cancel(wid, id);
+        }
     }
 
     /// A worker process ended: fail what it was running, hand on what it never
     /// started, and start a replacement.
-    fn buried(self: &Arc<Self>, slot: usize, pid: u32, status: Option<ExitStatus>, age: Duration) {
+    fn bury(self: &Arc<Self>, wid: WorkerId, pid: u32, status: Option<ExitStatus>, age: Duration) {
         let mut state = self.lock();
-        let closing = state.closing;
-        let s = &mut state.slots[slot];
-        let expected = closing || matches!(s.phase, Phase::Draining(_) | Phase::Exiting { .. });
-        s.phase = Phase::Booting;
-        s.crashes = if age >= STABLE_AFTER { 0 } else { s.crashes + 1 };
-        let crashes = s.crashes;
-        let mut in_flight = std::mem::take(&mut s.in_flight).into_iter();
-        // Dropping a request's sender tells it the worker was lost (502, or a cut connection).
-        let running = in_flight.next();
-        let mut handed_on = 0;
-        for request in in_flight.rev() {
-            if let (Some((environ, body)), Progress::Waiting) = (request.retry, request.progress) {
-                state.queue.push_front(Pending { job: Job { environ, body, rest: None }, events: request.events });
-                handed_on += 1;
-            }
-        }
+        let Some(wi) = state.index(wid) else { return };
+        let worker = state.workers.remove(wi);
+        let expected = state.closing || matches!(worker.phase, Phase::Draining(_) | Phase::Exiting { .. });
         let what = describe_exit(status);
         if expected {
             info!("Worker {pid} exited ({what})");
         } else {
-            let lost = if running.is_some() { "; its request failed" } else { "" };
-            error!("Worker {pid} died ({what}){lost}");
+            state.crashes = if age < STABLE_AFTER { state.crashes + 1 } else { 0 };
+            error!("Worker {pid} died ({what})");
+        }
+        let mut handed_on = 0;
+        for request in worker.in_flight.into_iter().rev() {
+            match (request.stage, request.progress) {
+                (Stage::InPipe { environ, body }, Progress::Live) => {
+                    let job = Job { environ, body, rest: None };
+                    state.queue.push_front(Pending {
+                        id: request.id,
+                        job,
+                        events: request.events,
+                        since: Instant::now(),
+                    });
+                    handed_on += 1;
+                }
+                (_, Progress::TimedOut) => {
+                    let _ = request.events.try_send(Event::Failed(Failure::Timeout));
+                }
+                // Dropping the sender tells the request its worker was lost: 502, or a cut connection.
+                _ => {}
+            }
         }
         if handed_on > 0 {
-            info!("{handed_on} request(s) queued on worker {pid} were handed to another worker");
+            info!("{handed_on} request(s) queued on worker {pid} that it never started go to another worker");
         }
-        drop(running);
-        for other in 0..state.slots.len() {
-            state.fill(other);
+        self.top_up(&mut state);
+        for wi in 0..state.workers.len() {
+            state.fill(wi);
         }
-        if closing {
-            return;
-        }
-        drop(state);
-        let delay = backoff(crashes);
-        if !delay.is_zero() {
-            warning!("Worker {pid} died {crashes} times in a row within {STABLE_AFTER:?} of starting; restarting it in {delay:?}");
-        }
-        tokio::spawn(self.clone().respawn(slot, delay));
     }
 
-    async fn respawn(self: Arc<Self>, slot: usize, mut delay: Duration) {
+    /// Boots workers until the current generation has `target` of them.
+    fn top_up(self: &Arc<Self>, state: &mut State) {
+        if state.closing {
+            return;
+        }
+        let generation = state.generation;
+        let current = state
+            .workers
+            .iter()
+            .filter(|w| w.generation == generation && matches!(w.phase, Phase::Booting | Phase::Serving(_)))
+            .count();
+        for _ in current..state.target {
+            let id = state.add_booting();
+            let delay = backoff(state.crashes);
+            if !delay.is_zero() {
+                warning!("Workers keep dying within {STABLE_AFTER:?} of starting; the next starts in {delay:?}");
+            }
+            tokio::spawn(self.clone().replace(id, delay));
+        }
+    }
+
+    async fn replace(self: Arc<Self>, id: WorkerId, delay: Duration) {
+        tokio::time::sleep(delay).await;
+        let booted = if self.lock().closing { None } else { Some(self.boot().await) };
+        match booted {
+            Some(Ok(booted)) => self.install(id, booted),
+            Some(Err(e)) => {
+                error!("A new worker failed to boot: {e}");
+                let mut state = self.lock();
+                state.workers.retain(|w| w.id != id);
+                state.crashes += 1;
+                self.top_up(&mut state);
+            }
+            None => self.lock().workers.retain(|w| w.id != id),
+        }
+    }
+
+    /// Kills workers past the timeout (after a traceback) and answers requests
+    /// that waited in the queue past the queue timeout.
+    async fn watchdog(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(delay).await;
-            if self.lock().closing {
+            tick.tick().await;
+            let mut state = self.lock();
+            if state.closing && state.workers.is_empty() {
                 return;
             }
-            match self.boot().await {
-                Ok(booted) => return self.install(slot, booted),
-                Err(e) => {
-                    let crashes = {
-                        let mut state = self.lock();
-                        state.slots[slot].crashes += 1;
-                        state.slots[slot].crashes
-                    };
-                    delay = backoff(crashes);
-                    error!("A replacement worker failed to boot; retrying in {delay:?}: {e}");
+            let timeout = self.settings.timeout;
+            for w in &mut state.workers {
+                let Some(pid) = w.phase.pid() else { continue };
+                if w.in_flight.iter().any(|r| r.progress == Progress::TimedOut) {
+                    continue;
+                }
+                let overdue = w.in_flight.iter_mut().find(|r| {
+                    r.progress == Progress::Live
+                        && matches!(r.stage, Stage::Running { since } if since.elapsed() > timeout)
+                });
+                if let Some(request) = overdue {
+                    request.progress = Progress::TimedOut;
+                    error!("Worker {pid} timed out ({timeout:?} on one request); its threads' tracebacks follow, then it is killed");
+                    // The shim's faulthandler prints every thread's traceback on SIGABRT.
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGABRT);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(DUMP_GRACE).await;
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    });
+                }
+            }
+            if let Some(limit) = self.settings.queue_timeout {
+                while state.queue.front().is_some_and(|p| p.since.elapsed() > limit) {
+                    let stale = state.queue.pop_front().expect("front exists");
+                    let _ = stale.events.try_send(Event::Failed(Failure::QueueTimeout));
                 }
             }
         }
@@ -462,64 +631,136 @@ impl Shared {
 }
 
 impl State {
+    fn add_booting(&mut self) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.workers.push(Worker {
+            id,
+            generation: self.generation,
+            phase: Phase::Booting,
+            in_flight: VecDeque::new(),
+            served: 0,
+            max_requests: None,
+        });
+        id
+    }
+
+    fn index(&self, id: WorkerId) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
+    }
+
+    fn request(&mut self, wid: WorkerId, id: RequestId) -> Result<&mut InFlight, ProtocolError> {
+        let entry = self
+            .workers
+            .iter_mut()
+            .find(|w| w.id == wid)
+            .and_then(|w| w.in_flight.iter_mut().find(|r| r.id == id))
+            .ok_or_else(|| {
+                ProtocolError::Malformed(format!("a frame names request {id}, which is not in flight there"))
+            })?;
+        // The worker answering a request is running it, whatever the master thought.
+        if let Stage::InPipe { .. } = entry.stage {
+            entry.stage = Stage::Running { since: Instant::now() };
+        }
+        Ok(entry)
+    }
+
     /// Sends `pending` to a worker that can take it now, or gives it back.
     fn assign(&mut self, pending: Pending) -> Option<Pending> {
-        let idle = self.slots.iter().position(|s| matches!(s.phase, Phase::Serving(_)) && s.in_flight.is_empty());
-        // A request queued behind a busy one must not need the client again
-        // (its body is complete), so it can be handed on if the worker dies.
-        let behind = || {
-            self.slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| matches!(s.phase, Phase::Serving(_)) && s.in_flight.len() < PER_WORKER)
-                .min_by_key(|(_, s)| s.in_flight.len())
-                .map(|(i, _)| i)
-        };
-        let slot = idle.or_else(|| if pending.job.rest.is_none() { behind() } else { None });
-        match slot {
-            Some(slot) => {
-                self.dispatch(slot, pending);
+        let serving = |w: &&Worker| w.is_serving();
+        let free_thread = self.workers.iter().filter(serving).filter(|w| w.in_flight.len() < self.threads);
+        let pick = free_thread.min_by_key(|w| w.in_flight.len()).map(|w| w.id).or_else(|| {
+            // Queued in a busy worker's pipe only with its whole body, so it can
+            // be handed on if that worker dies before starting it.
+            pending.job.rest.is_none().then_some(()).and_then(|()| {
+                let room = self.workers.iter().filter(serving).filter(|w| w.in_flight.len() <= self.threads);
+                room.min_by_key(|w| w.in_flight.len()).map(|w| w.id)
+            })
+        });
+        match pick.and_then(|id| self.index(id)) {
+            Some(wi) => {
+                self.dispatch(wi, pending);
                 None
             }
             None => Some(pending),
         }
     }
 
-    /// Gives queued requests to `slot` while it has room.
-    fn fill(&mut self, slot: usize) {
-        while matches!(self.slots[slot].phase, Phase::Serving(_)) && self.slots[slot].in_flight.len() < PER_WORKER {
+    /// Gives queued requests to worker `wi` while it has room.
+    fn fill(&mut self, wi: usize) {
+        while self.workers[wi].is_serving() && self.workers[wi].in_flight.len() <= self.threads {
             let Some(front) = self.queue.front() else { return };
-            if front.events.is_closed() {
-                // The client left while its request waited: no worker ever sees it.
-                self.queue.pop_front();
-                continue;
-            }
-            if front.job.rest.is_some() && !self.slots[slot].in_flight.is_empty() {
+            if front.job.rest.is_some() && self.workers[wi].in_flight.len() >= self.threads {
                 return;
             }
             let pending = self.queue.pop_front().expect("front exists");
-            self.dispatch(slot, pending);
+            self.dispatch(wi, pending);
         }
     }
 
-    fn dispatch(&mut self, slot: usize, pending: Pending) {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let Pending { job: Job { environ, body, rest }, events } = pending;
-        let slot = &mut self.slots[slot];
-        slot.send(&ToWorker::Request { id, environ: &environ, body: &body, more: rest.is_some() });
+    fn dispatch(&mut self, wi: usize, pending: Pending) {
+        let Pending { id, job: Job { environ, body, rest }, events, .. } = pending;
+        let threads = self.threads;
+        let w = &mut self.workers[wi];
+        w.send(&ToWorker::Request { id, environ: &environ, body: &body, more: rest.is_some() });
         let reads = rest.map(|rest| {
             let (reads, wakeups) = mpsc::channel(1);
-            let frames = slot.phase.link().expect("dispatch only to a serving worker").frames.clone();
+            let frames = w.phase.link().expect("dispatch only to a serving worker").frames.clone();
             tokio::spawn(pump_body(id, wakeups, rest, frames));
             reads
         });
-        let retry = (reads.is_none() && !slot.in_flight.is_empty()).then_some((environ, body));
-        slot.in_flight.push_back(InFlight { id, events, reads, retry, progress: Progress::Waiting });
+        let stage = if w.in_flight.len() < threads {
+            Stage::Running { since: Instant::now() }
+        } else {
+            Stage::InPipe { environ, body }
+        };
+        w.in_flight.push_back(InFlight { id, events, reads, stage, progress: Progress::Live });
+    }
+
+    /// The worker sent the last frame of request `id`; true if that retired
+    /// the worker (--max-requests), which then needs a replacement.
+    fn complete(&mut self, wid: WorkerId, id: RequestId) -> bool {
+        let threads = self.threads;
+        let Some(wi) = self.index(wid) else { return false };
+        let w = &mut self.workers[wi];
+        w.in_flight.retain(|r| r.id != id);
+        w.served += 1;
+        // Requests start in the order they were sent, as threads free up.
+        if let Some(next) = w.in_flight.get_mut(threads - 1) {
+            if let Stage::InPipe { .. } = next.stage {
+                next.stage = Stage::Running { since: Instant::now() };
+            }
+        }
+        let recycled = w.max_requests.is_some_and(|max| w.served >= max) && w.is_serving();
+        if recycled {
+            info!(
+                "Worker {} served {} requests (--max-requests); retiring it",
+                w.phase.pid().unwrap_or_default(),
+                w.served
+            );
+        }
+        if recycled || matches!(w.phase, Phase::Draining(_)) {
+            w.retire();
+        }
+        self.fill(wi);
+        recycled
+    }
+
+    fn cancel(&mut self, wid: WorkerId, id: RequestId) {
+        let Some(w) = self.workers.iter_mut().find(|w| w.id == wid) else { return };
+        let Some(entry) = w.in_flight.iter_mut().find(|r| r.id == id) else { return };
+        if entry.progress == Progress::Live {
+            entry.progress = Progress::Cancelled;
+            w.send(&ToWorker::Cancel { id });
+        }
     }
 }
 
-impl Slot {
+impl Worker {
+    fn is_serving(&self) -> bool {
+        matches!(self.phase, Phase::Serving(_))
+    }
+
     /// Stops giving this worker requests; its pipe closes, so it exits, once
     /// nothing is in flight.
     fn retire(&mut self) {
@@ -538,18 +779,23 @@ impl Slot {
             let _ = link.frames.send(frame.freeze());
         }
     }
-
-    fn find(&self, id: RequestId) -> Result<&InFlight, ProtocolError> {
-        self.in_flight.iter().find(|r| r.id == id).ok_or_else(|| unknown(id))
-    }
-
-    fn find_mut(&mut self, id: RequestId) -> Result<&mut InFlight, ProtocolError> {
-        self.in_flight.iter_mut().find(|r| r.id == id).ok_or_else(|| unknown(id))
-    }
 }
 
-fn unknown(id: RequestId) -> ProtocolError {
-    ProtocolError::Malformed(format!("a frame names request {id}, which is not in flight on this worker"))
+impl Phase {
+    fn link(&self) -> Option<&Link> {
+        match self {
+            Phase::Serving(link) | Phase::Draining(link) => Some(link),
+            Phase::Booting | Phase::Exiting { .. } => None,
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Phase::Serving(link) | Phase::Draining(link) => Some(link.pid),
+            Phase::Exiting { pid } => Some(*pid),
+            Phase::Booting => None,
+        }
+    }
 }
 
 /// Feeds a request's remaining body to the worker, one chunk per READ.
@@ -603,6 +849,22 @@ async fn write_frames(mut stdin: ChildStdin, mut frames: mpsc::UnboundedReceiver
     }
 }
 
+/// A worker's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a constant.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    Some(pages * page_size)
+}
+
+/// The request count after which a worker retires: `max` plus up to `jitter`,
+/// so workers started together do not all restart together.
+fn request_limit(max: u64, jitter: u64) -> u64 {
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    max + random % (jitter + 1)
+}
+
 fn backoff(crashes: u32) -> Duration {
     match crashes {
         0 | 1 => Duration::ZERO,
@@ -614,10 +876,33 @@ fn describe_exit(status: Option<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Some(s) if s.code().is_some() => format!("exit code {}", s.code().unwrap_or_default()),
-        Some(s) => match s.signal().map(nix::sys::signal::Signal::try_from) {
+        Some(s) => match s.signal().map(Signal::try_from) {
             Some(Ok(sig)) => format!("killed by signal {} ({sig})", sig as i32),
             Some(Err(_)) | None => format!("{s}"),
         },
         None => "exit status unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(5), Duration::from_millis(800));
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn request_limit_stays_in_range() {
+        for _ in 0..100 {
+            let limit = request_limit(100, 10);
+            assert!((100..=110).contains(&limit), "{limit}");
+        }
+        assert_eq!(request_limit(5, 0), 5);
     }
 }

@@ -34,6 +34,7 @@ pub struct Spec {
     pub chdir: PathBuf,
     pub pythonpath: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub threads: usize,
 }
 
 /// A started worker process and its protocol pipes.
@@ -49,6 +50,7 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
     cmd.arg("-c")
         .arg(BOOTSTRAP)
         .arg(&spec.app)
+        .arg(spec.threads.to_string())
         .args(&spec.pythonpath)
         .current_dir(&spec.chdir)
         .env_clear()
@@ -67,8 +69,11 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
             // Its own process group, so a signal to the master's group does not
             // reach workers before the master decides what to do with them.
             nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+            // No core files: a worker that is killed after a timeout aborts.
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
                 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0
+                || libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0
             {
                 return Err(io::Error::last_os_error());
             }
