@@ -288,7 +288,7 @@ fn parse_bind(value: &str) -> Result<Bind, String> {
 /// Seconds, fractions allowed; 0 means "no limit" (a century).
 fn parse_seconds(value: &str) -> Result<Duration, String> {
     match value.parse::<f64>() {
-        Ok(s) if s == 0.0 => Ok(Duration::from_secs(100 * 365 * 86_400)),
+        Ok(0.0) => Ok(Duration::from_secs(100 * 365 * 86_400)),
         Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
         _ => Err("expected a number of seconds, such as 30 or 0.5".into()),
     }
