@@ -1,0 +1,3 @@
+wrk.method = "POST"
+wrk.body = string.rep("z", 16384)
+wrk.headers["Content-Type"] = "application/octet-stream"
