@@ -190,13 +190,13 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path, default_python):
-    """server(app, *extra_args, python=None, codec=None, workers=1, env=None, wait=True)"""
+    """server(app, *extra_args, python=None, codec=None, workers=1, env=None, wait=True, bind=..., chdir=APPS)"""
     started = []
 
-    def start(app, *extra, python=None, codec=None, workers=1, env=None, wait=True, bind="127.0.0.1:0"):
+    def start(app, *extra, python=None, codec=None, workers=1, env=None, wait=True, bind="127.0.0.1:0", chdir=APPS):
         assert BINARY.exists(), "build the binary first: cargo build --release"
         args = [str(BINARY), "--bind", bind, "--workers", str(workers), "--python", python or default_python,
-                "--chdir", str(APPS)]
+                "--chdir", str(chdir)]
         if codec == "pure":
             args += ["--env", "RWSGI_SHIM_CODEC=pure"]
         for k, v in (env or {}).items():
