@@ -146,10 +146,12 @@ fn clap_sentence(e: clap::Error) -> UsageError {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         return UsageError::Clap(e);
     }
+    // clap's first paragraph is the sentence; the rest is usage and hints.
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    UsageError::Invalid(format!("{first}; run rwsgi-gw --help for the usage."))
+    let paragraph: Vec<&str> = rendered.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    let sentence = paragraph.join(" ");
+    let sentence = sentence.strip_prefix("error: ").unwrap_or(&sentence);
+    UsageError::Invalid(format!("{sentence}; run rwsgi-gw --help for the usage."))
 }
 
 impl TryFrom<Args> for Config {
