@@ -20,7 +20,7 @@ import traceback
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 << 20
-MAX_CHUNK = 256 << 10
+MAX_CHUNK = 1 << 20
 
 # master -> worker
 REQUEST, BODY, CANCEL = 1, 2, 3
@@ -118,6 +118,22 @@ def frame(msg):
     return _LEN.pack(len(data)) + data
 
 
+def chunk_frame(fields, chunk, final):
+    """The buffers of the frame `fields + [chunk, final]`, built around the
+    chunk so that a large body is never copied: `fields` packs as a fixarray,
+    whose length byte is raised by two for the bin chunk and the bool."""
+    packed = packb(fields)
+    head = bytes((0x90 | (len(fields) + 2),)) + packed[1:] + b"\xc6" + _LEN.pack(len(chunk))
+    return [_LEN.pack(len(head) + len(chunk) + 1) + head, chunk, b"\xc3" if final else b"\xc2"]
+
+
+if hasattr(os, "writev"):
+    _writev = os.writev
+else:  # PyPy has no writev: one copy instead.
+    def _writev(fd, buffers):
+        return os.write(fd, b"".join(buffers))
+
+
 class ClientGone(IOError):
     """The master cancelled the request: its client disconnected."""
 
@@ -165,11 +181,17 @@ class Channel:
             buf += data
 
     def send(self, *msgs):
-        data = b"".join(frame(m) for m in msgs)
+        self.send_buffers([frame(m) for m in msgs])
+
+    def send_buffers(self, buffers):
         with self.send_lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.outfd, view):]
+            while buffers:
+                written = _writev(self.outfd, buffers)
+                while buffers and written >= len(buffers[0]):
+                    written -= len(buffers[0])
+                    buffers.pop(0)
+                if written:
+                    buffers[0] = memoryview(buffers[0])[written:]
 
     def check_client(self, req_id):
         """Raise ClientGone if the master cancelled `req_id`; never blocks."""
@@ -359,22 +381,24 @@ class Response:
             raise TypeError("the app sent %s as body, not bytes" % type(data).__name__)
         if data:
             self.channel.check_client(self.id)
-            self.channel.send(*self.frames(data, final=False))
+            self.channel.send_buffers(self.frames(data, final=False))
 
     def frames(self, data, final):
-        """The frames that carry `data`, starting the response if it has not started."""
+        """The buffers of the frames that carry `data`, starting the response
+        if it has not started; chunks over MAX_CHUNK are split without copies."""
         if self.status is None:
             raise AssertionError("the app returned or wrote a body before calling start_response()")
-        msgs = []
+        view = memoryview(data) if len(data) > MAX_CHUNK else data
+        buffers = []
         for offset in range(0, max(len(data), 1), MAX_CHUNK):
-            chunk = data[offset:offset + MAX_CHUNK]
+            chunk = view[offset:offset + MAX_CHUNK] if view is not data else data
             last = final and offset + MAX_CHUNK >= len(data)
             if self.sent:
-                msgs.append([BODY_OUT, self.id, chunk, last])
+                buffers += chunk_frame([BODY_OUT, self.id], chunk, last)
             else:
-                msgs.append([START, self.id, self.status, self.headers, chunk, last])
+                buffers += chunk_frame([START, self.id, self.status, self.headers], chunk, last)
                 self.sent = True
-        return msgs
+        return buffers
 
 
 class Worker:
@@ -436,11 +460,12 @@ class Worker:
     def send_body(self, response, result):
         if type(result) in (list, tuple) and all(type(c) is bytes for c in result):
             # The whole body is in hand: one write for every frame.
-            self.channel.send(*response.frames(b"".join(result), final=True))
+            body = result[0] if len(result) == 1 else b"".join(result)
+            self.channel.send_buffers(response.frames(body, final=True))
             return
         for data in result:
             response.write(data)
-        self.channel.send(*response.frames(b"", final=True))
+        self.channel.send_buffers(response.frames(b"", final=True))
 
 
 # ---------------------------------------------------------------- boot
