@@ -477,6 +477,7 @@ def load_app(spec):
 
     module_name, _, expr = spec.partition(":")
     expr = expr or "application"
+    target = "%s:%s" % (module_name, expr)
     call_args = None
     if expr.endswith(")") and "(" in expr:
         expr, _, args = expr[:-1].partition("(")
@@ -491,7 +492,7 @@ def load_app(spec):
     if call_args is not None:
         obj = obj(*call_args[0], **call_args[1])
     if not callable(obj):
-        raise TypeError("%s is %r, which is not a WSGI callable" % (spec, obj))
+        raise TypeError("%s is %r, which is not a WSGI callable" % (target, obj))
     return obj
 
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::environ::Underscores;
+use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
 
@@ -62,6 +64,30 @@ struct Args {
     /// Seconds a request may wait for a free worker before it gets 503 [default: no limit]
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     queue_timeout: Option<Duration>,
+
+    /// Longest request line (method, target, version) accepted; longer gets 414
+    #[arg(long, value_name = "BYTES", default_value_t = 4094, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    limit_request_line: u64,
+
+    /// Most header fields accepted in a request; more gets 431
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    limit_request_fields: u64,
+
+    /// Longest header field (name, colon, space and value) accepted; longer gets 431
+    #[arg(long, value_name = "BYTES", default_value_t = 8190, value_parser = clap::value_parser!(u64).range(16..=1 << 20))]
+    limit_request_field_size: u64,
+
+    /// Largest request body accepted, in bytes; larger gets 413; 0 means no limit
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    limit_request_body: u64,
+
+    /// Seconds a client has to send the request line and headers, also while a keep-alive connection is idle
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    header_timeout: Duration,
+
+    /// Header names with an underscore: drop them, refuse the request, or pass them on (dangerous)
+    #[arg(long, value_enum, value_name = "POLICY", default_value = "drop")]
+    header_map: Underscores,
 
     /// Write the master's pid to this file, removed at exit
     #[arg(long, value_name = "FILE")]
@@ -121,6 +147,8 @@ pub struct Config {
     pub graceful_timeout: Duration,
     pub pid_file: Option<PathBuf>,
     pub pool: Settings,
+    pub limits: Limits,
+    pub underscores: Underscores,
 }
 
 /// Parses the command line; on a mistake prints one sentence and exits 2.
@@ -183,7 +211,7 @@ impl TryFrom<Args> for Config {
         let pool = Settings {
             workers,
             threads: usize::from(args.threads),
-            backlog: usize::try_from(args.backlog).unwrap_or(usize::MAX),
+            backlog: to_usize(args.backlog),
             timeout: args.timeout,
             queue_timeout: args.queue_timeout,
             max_requests: (args.max_requests > 0).then_some(args.max_requests),
@@ -203,8 +231,20 @@ impl TryFrom<Args> for Config {
             graceful_timeout: args.graceful_timeout,
             pid_file: args.pid,
             pool,
+            limits: Limits {
+                request_line: to_usize(args.limit_request_line),
+                fields: to_usize(args.limit_request_fields),
+                field_size: to_usize(args.limit_request_field_size),
+                body: (args.limit_request_body > 0).then_some(args.limit_request_body),
+                header_timeout: args.header_timeout,
+            },
+            underscores: args.header_map,
         })
     }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn web_concurrency() -> Result<usize, String> {
@@ -269,12 +309,20 @@ fn parse_bind(value: &str) -> Result<Bind, String> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Ok(Bind::Tcp(addr));
     }
-    let (host, port) = match value.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') || host.starts_with('[') => {
-            let port = port.parse::<u16>().map_err(|_| format!("{port:?} is not a port number from 0 to 65535"))?;
-            (host.trim_start_matches('[').trim_end_matches(']'), port)
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("{p:?} is not a port number from 0 to 65535"));
+    let (host, port) = if let Some(bracketed) = value.strip_prefix('[') {
+        let (host, after) =
+            bracketed.split_once(']').ok_or("an IPv6 address needs its closing ']', as in [::1]:8000")?;
+        match after {
+            "" => (host, DEFAULT_PORT),
+            _ => (host, port(after.strip_prefix(':').ok_or("expected :PORT after the ']'")?)?),
         }
-        _ => (value, DEFAULT_PORT),
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, p)) if !host.contains(':') => (host, port(p)?),
+            Some(_) => return Err("an IPv6 address goes in brackets, as in [::1]:8000".into()),
+            None => (value, DEFAULT_PORT),
+        }
     };
     if host.is_empty() {
         return Err("the address has no host; use HOST:PORT, [IPV6]:PORT or unix:PATH".into());
@@ -347,7 +395,7 @@ mod tests {
         assert_eq!(parse_bind("unix:/tmp/x.sock"), Ok(Bind::Unix("/tmp/x.sock".into())));
         assert_eq!(parse_bind("localhost:80").map(|b| matches!(b, Bind::Tcp(a) if a.port() == 80)), Ok(true));
         assert_eq!(parse_bind("127.0.0.1"), Ok(Bind::Tcp("127.0.0.1:8000".parse().unwrap())));
-        for bad in ["host:99999", ":80", "unix:", "127.0.0.1:x"] {
+        for bad in ["host:99999", ":80", "unix:", "127.0.0.1:x", "[::1:8000", "[::1]8000", "::1:80:x"] {
             assert!(parse_bind(bad).is_err(), "{bad}");
         }
     }

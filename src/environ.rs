@@ -23,14 +23,28 @@ pub struct Conn {
     pub scheme: &'static str,
 }
 
+/// What to do with a header whose name contains `_`, which CGI would map to
+/// the same key as its `-` twin (gunicorn's `--header-map`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Underscores {
+    /// Leave it out of the environ.
+    Drop,
+    /// Answer 400.
+    Refuse,
+    /// Pass it on as `HTTP_X_NAME`, where it may overwrite its `-` twin.
+    Dangerous,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvironError {
     #[error("the request path contains an encoded NUL byte (%00)")]
     NulInPath,
+    #[error("the header name {0:?} contains an underscore")]
+    Underscore(String),
 }
 
 /// The environ's CGI keys as a pair blob, latin-1 bytes throughout.
-pub fn build(parts: &Parts, conn: &Conn) -> Result<Bytes, EnvironError> {
+pub fn build(parts: &Parts, conn: &Conn, underscores: Underscores) -> Result<Bytes, EnvironError> {
     let uri = &parts.uri;
     let path: Vec<u8> = percent_encoding::percent_decode(uri.path().as_bytes()).collect();
     if path.contains(&0) {
@@ -64,9 +78,12 @@ pub fn build(parts: &Parts, conn: &Conn) -> Result<Bytes, EnvironError> {
             b"CONTENT_TYPE"
         } else if name == header::CONTENT_LENGTH {
             b"CONTENT_LENGTH"
-        } else if name.as_str().contains('_') {
+        } else if name.as_str().contains('_') && underscores != Underscores::Dangerous {
             // `X_Forwarded_For` must not pose as `X-Forwarded-For`.
-            continue;
+            match underscores {
+                Underscores::Refuse => return Err(EnvironError::Underscore(name.as_str().to_string())),
+                _ => continue,
+            }
         } else {
             &cgi_name(name)
         };
@@ -149,7 +166,7 @@ mod tests {
 
     fn environ(req: Request<()>, conn: &Conn) -> Vec<(String, String)> {
         let (parts, ()) = req.into_parts();
-        let blob = build(&parts, conn).unwrap();
+        let blob = build(&parts, conn, Underscores::Drop).unwrap();
         pairs(&blob)
             .unwrap()
             .into_iter()
@@ -227,6 +244,16 @@ mod tests {
     #[test]
     fn refuses_nul_in_path() {
         let (parts, ()) = Request::get("/a%00b").body(()).unwrap().into_parts();
-        assert_eq!(build(&parts, &tcp()), Err(EnvironError::NulInPath));
+        assert_eq!(build(&parts, &tcp(), Underscores::Drop), Err(EnvironError::NulInPath));
+    }
+
+    #[test]
+    fn underscore_policies() {
+        let req = || Request::get("/").header("x_forwarded_for", "6.6.6.6").header("x-forwarded-for", "1.2.3.4");
+        let (parts, ()) = req().body(()).unwrap().into_parts();
+        assert_eq!(build(&parts, &tcp(), Underscores::Refuse), Err(EnvironError::Underscore("x_forwarded_for".into())));
+        let blob = build(&parts, &tcp(), Underscores::Dangerous).unwrap();
+        let keys: Vec<_> = pairs(&blob).unwrap().into_iter().filter(|(k, _)| k == "HTTP_X_FORWARDED_FOR").collect();
+        assert_eq!(keys.len(), 2);
     }
 }

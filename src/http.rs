@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::http::request::Parts;
 use hyper::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,17 +26,35 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::cli::Bind;
+use crate::environ::Underscores;
 use crate::environ::{self, Conn};
 use crate::log::{self, Timestamp};
-use crate::pool::{BodyError, Event, Failure, Job, Pool, Ticket};
+use crate::pool::{BodyError, BodySource, Event, Failure, Job, NextChunk, Pool, Ticket};
 use crate::{debug, error, warning};
 
 /// Request body that travels inside the request frame; more is pulled on demand.
 const INLINE_BODY: usize = 64 << 10;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the front end accepts (gunicorn's names and defaults).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub request_line: usize,
+    pub fields: usize,
+    pub field_size: usize,
+    pub body: Option<u64>,
+    /// For the request line and headers to arrive, including on an idle keep-alive connection.
+    pub header_timeout: Duration,
+}
+
+/// Everything a connection needs.
+pub struct Front {
+    pub pool: Arc<Pool>,
+    pub limits: Limits,
+    pub underscores: Underscores,
+}
 
 pub enum Listener {
     Tcp(TcpListener),
@@ -86,12 +105,12 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
 
 /// Serves every listener until `shutdown` resolves, then waits up to `grace`
 /// for the requests in progress.
-pub async fn serve(listeners: Vec<Listener>, pool: Arc<Pool>, shutdown: impl Future<Output = ()>, grace: Duration) {
+pub async fn serve(listeners: Vec<Listener>, front: Arc<Front>, shutdown: impl Future<Output = ()>, grace: Duration) {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
-        accepting.spawn(accept_loop(listener, pool.clone(), graceful.clone(), stop_rx.clone()));
+        accepting.spawn(accept_loop(listener, front.clone(), graceful.clone(), stop_rx.clone()));
     }
     shutdown.await;
     let _ = stop_tx.send(true);
@@ -104,7 +123,7 @@ pub async fn serve(listeners: Vec<Listener>, pool: Arc<Pool>, shutdown: impl Fut
 
 async fn accept_loop(
     listener: Listener,
-    pool: Arc<Pool>,
+    front: Arc<Front>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -114,7 +133,7 @@ async fn accept_loop(
             accepted = accept(&listener) => accepted,
         };
         match accepted {
-            Ok((io, conn)) => serve_connection(io, conn, pool.clone(), &graceful),
+            Ok((io, conn)) => serve_connection(io, conn, front.clone(), &graceful),
             Err(e) => {
                 // Out of fds or memory: back off instead of spinning.
                 warning!("accept failed: {e}");
@@ -142,15 +161,16 @@ async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, Conn)> {
     }
 }
 
-fn serve_connection(io: Box<dyn Io>, conn: Conn, pool: Arc<Pool>, graceful: &GracefulShutdown) {
+fn serve_connection(io: Box<dyn Io>, conn: Conn, front: Arc<Front>, graceful: &GracefulShutdown) {
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| handle(req, conn.clone(), pool.clone()));
-    let connection = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .title_case_headers(true)
-        .serve_connection(TokioIo::new(io), service);
-    let connection = graceful.watch(connection);
+        .header_read_timeout(front.limits.header_timeout)
+        .max_headers(front.limits.fields)
+        .title_case_headers(true);
+    let service = service_fn(move |req| handle(req, conn.clone(), front.clone()));
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             debug!("connection ended: {e}");
@@ -158,21 +178,27 @@ fn serve_connection(io: Box<dyn Io>, conn: Conn, pool: Arc<Pool>, graceful: &Gra
     });
 }
 
-async fn handle(req: Request<Incoming>, conn: Arc<Conn>, pool: Arc<Pool>) -> Result<Response<Body>, Infallible> {
+async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> Result<Response<Body>, Infallible> {
     let exchange = Exchange::new(&req, &conn);
     let (parts, body) = req.into_parts();
-    let environ = match environ::build(&parts, &conn) {
+    if let Err((status, reason)) = screen(&parts, &front.limits) {
+        return Ok(exchange.refuse(status, &reason));
+    }
+    let environ = match environ::build(&parts, &conn, front.underscores) {
         Ok(environ) => environ,
-        Err(e) => return Ok(exchange.reply(StatusCode::BAD_REQUEST, &format!("Bad Request: {e}.\n"))),
+        Err(e) => return Ok(exchange.refuse(StatusCode::BAD_REQUEST, &e.to_string())),
     };
-    let (body, rest) = match read_initial_body(body).await {
+    let expects_continue =
+        parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let body = ClientBody { body, received: 0, limit: front.limits.body, ended: false };
+    let (body, rest) = match read_initial_body(body, expects_continue).await {
         Ok(read) => read,
-        Err(e) => {
-            return Ok(exchange
-                .reply(StatusCode::BAD_REQUEST, &format!("Bad Request: the request body could not be read ({e}).\n")))
+        Err(BodyError::TooLarge) => {
+            return Ok(exchange.refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than the server accepts"))
         }
+        Err(BodyError::Client) => return Ok(exchange.refuse(StatusCode::BAD_REQUEST, "the body could not be read")),
     };
-    let mut ticket = match pool.submit(Job { environ, body, rest }) {
+    let mut ticket = match front.pool.submit(Job { environ, body, rest }) {
         Ok(ticket) => ticket,
         Err(e) => return Ok(exchange.reply(StatusCode::SERVICE_UNAVAILABLE, &format!("Service Unavailable: {e}.\n"))),
     };
@@ -204,59 +230,123 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, pool: Arc<Pool>) -> Res
     })
 }
 
+/// The checks hyper leaves to us, each answered with the status gunicorn
+/// gives (docs/accepts.md): limits, and framing a proxy in front could read
+/// differently (request smuggling).
+fn screen(parts: &Parts, limits: &Limits) -> Result<(), (StatusCode, String)> {
+    let bad = |reason: &str| Err((StatusCode::BAD_REQUEST, reason.to_string()));
+    let target = match (parts.uri.scheme(), parts.uri.path_and_query()) {
+        (None, Some(origin_form)) => origin_form.as_str().len(),
+        _ => parts.uri.to_string().len(),
+    };
+    // "METHOD SP target SP HTTP/1.1"
+    if parts.method.as_str().len() + target + 10 > limits.request_line {
+        let reason = format!("the request line is longer than {} bytes", limits.request_line);
+        return Err((StatusCode::URI_TOO_LONG, reason));
+    }
+    if let Some((name, _)) = parts.headers.iter().find(|(n, v)| n.as_str().len() + v.len() + 2 > limits.field_size) {
+        let reason = format!("the {name} header is longer than {} bytes", limits.field_size);
+        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason));
+    }
+    let codings =
+        parts.headers.get_all(header::TRANSFER_ENCODING).iter().flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    let chunked = codings.filter(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked")).count();
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return bad("Content-Length and Transfer-Encoding together");
+    }
+    if chunked > 1 {
+        return bad("chunked is applied twice");
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return bad("more than one Host header");
+    }
+    if parts.version == Version::HTTP_11 && host.is_none() {
+        return bad("an HTTP/1.1 request without a Host header");
+    }
+    if let (Some(authority), Some(host)) = (parts.uri.authority(), host) {
+        if !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) {
+            return bad("the target's host differs from the Host header");
+        }
+    }
+    let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let (Some(length), Some(limit)) = (length, limits.body) {
+        if length > limit {
+            return Err((StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {limit} bytes")));
+        }
+    }
+    Ok(())
+}
+
+/// The body as the client sends it, counted against --limit-request-body.
+struct ClientBody {
+    body: Incoming,
+    received: u64,
+    limit: Option<u64>,
+    ended: bool,
+}
+
+impl ClientBody {
+    fn is_end(&self) -> bool {
+        self.ended || hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
+        loop {
+            let frame = match self.body.frame().await {
+                None => {
+                    self.ended = true;
+                    return None;
+                }
+                Some(frame) => frame,
+            };
+            let Ok(frame) = frame else { return Some(Err(BodyError::Client)) };
+            // Trailers are dropped: no trailer field ever reaches the environ.
+            let Ok(data) = frame.into_data() else { continue };
+            self.received += data.len() as u64;
+            if self.limit.is_some_and(|limit| self.received > limit) {
+                return Some(Err(BodyError::TooLarge));
+            }
+            if !data.is_empty() {
+                return Some(Ok(data));
+            }
+        }
+    }
+}
+
+impl BodySource for ClientBody {
+    fn next_chunk(&mut self) -> NextChunk<'_> {
+        Box::pin(self.next())
+    }
+}
+
 /// Reads up to `INLINE_BODY` of the body, so a small body (even from a slow
-/// client) is complete before a worker is involved; the rest is streamed.
+/// client) is complete before a worker is involved; the rest is pulled as the
+/// app reads. With `Expect: 100-continue` nothing is read before the app
+/// reads, so the client is told to go on only then.
 async fn read_initial_body(
-    mut body: Incoming,
-) -> Result<(Bytes, Option<mpsc::Receiver<Result<Bytes, BodyError>>>), hyper::Error> {
+    mut body: ClientBody,
+    expects_continue: bool,
+) -> Result<(Bytes, Option<Box<dyn BodySource>>), BodyError> {
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut size = 0;
-    while !hyper::body::Body::is_end_stream(&body) && size < INLINE_BODY {
-        match body.frame().await {
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    size += data.len();
-                    chunks.push(data);
-                }
+    while !expects_continue && !body.is_end() && size < INLINE_BODY {
+        match body.next().await.transpose()? {
+            Some(data) => {
+                size += data.len();
+                chunks.push(data);
             }
             None => break,
         }
     }
-    let rest = if hyper::body::Body::is_end_stream(&body) || size < INLINE_BODY {
-        None
-    } else {
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(pump_body(body, tx));
-        Some(rx)
-    };
     let initial = match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().expect("one chunk"),
-        _ => chunks
-            .iter()
-            .fold(BytesMut::with_capacity(size), |mut all, c| {
-                all.extend_from_slice(c);
-                all
-            })
-            .freeze(),
+        _ => chunks.concat().into(),
     };
+    let rest: Option<Box<dyn BodySource>> = if body.is_end() { None } else { Some(Box::new(body)) };
     Ok((initial, rest))
-}
-
-async fn pump_body(mut body: Incoming, tx: mpsc::Sender<Result<Bytes, BodyError>>) {
-    while let Some(frame) = body.frame().await {
-        let chunk = match frame {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => Ok(data),
-                _ => continue,
-            },
-            Err(_) => Err(BodyError),
-        };
-        let failed = chunk.is_err();
-        if tx.send(chunk).await.is_err() || failed {
-            return;
-        }
-    }
 }
 
 /// The app's status line and headers, validated into a response head.
@@ -330,6 +420,16 @@ impl Exchange {
                 warning!("{}: no worker was free within --queue-timeout; answered 503", self.request_line())
             }
         }
+    }
+
+    /// A request refused before any worker saw it: the connection is closed
+    /// after the answer, since what follows on it cannot be trusted.
+    fn refuse(self, status: StatusCode, reason: &str) -> Response<Body> {
+        warning!("Refused {} with {}: {reason}", self.request_line(), status.as_u16());
+        let text = format!("{}: {reason}.\n", status.canonical_reason().unwrap_or("Refused"));
+        let mut response = self.reply(status, &text);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 
     /// An answer the master makes itself.

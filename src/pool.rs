@@ -7,7 +7,9 @@
 //! and answers leave as `Event`s.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -55,12 +57,26 @@ pub struct Job {
     /// The body received so far.
     pub body: Bytes,
     /// The rest of the body, pulled as the app reads it; `None` when `body` is all of it.
-    pub rest: Option<mpsc::Receiver<Result<Bytes, BodyError>>>,
+    pub rest: Option<Box<dyn BodySource>>,
 }
 
-/// The client's body stream failed (it disconnected or sent bad framing).
-#[derive(Debug)]
-pub struct BodyError;
+/// The part of a request body still with the client. The pool pulls one
+/// chunk each time the worker asks, so nothing is read before the app reads.
+pub trait BodySource: Send + 'static {
+    /// The next chunk; `None` at the end of the body.
+    fn next_chunk(&mut self) -> NextChunk<'_>;
+}
+
+pub type NextChunk<'a> = Pin<Box<dyn Future<Output = Option<Result<Bytes, BodyError>>> + Send + 'a>>;
+
+/// Why the rest of a request body cannot be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client disconnected or broke the body's framing")]
+    Client,
+    #[error("the body is larger than --limit-request-body")]
+    TooLarge,
+}
 
 /// What the pool tells the request that waits for its answer, in order:
 /// `Head`, then `Chunk`s, then `End`; or `Failed` at any point. A channel that
@@ -802,12 +818,12 @@ impl Phase {
 async fn pump_body(
     id: RequestId,
     mut wakeups: mpsc::Receiver<()>,
-    mut rest: mpsc::Receiver<Result<Bytes, BodyError>>,
+    mut rest: Box<dyn BodySource>,
     frames: mpsc::UnboundedSender<Bytes>,
 ) {
     while wakeups.recv().await.is_some() {
         let mut frame = BytesMut::new();
-        let more = match rest.recv().await {
+        let more = match rest.next_chunk().await {
             Some(Ok(chunk)) => {
                 protocol::encode(&ToWorker::Body { id, chunk: &chunk, more: true }, &mut frame);
                 true
@@ -816,7 +832,7 @@ async fn pump_body(
                 protocol::encode(&ToWorker::Body { id, chunk: b"", more: false }, &mut frame);
                 false
             }
-            Some(Err(BodyError)) => {
+            Some(Err(_)) => {
                 protocol::encode(&ToWorker::Cancel { id }, &mut frame);
                 false
             }

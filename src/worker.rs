@@ -7,8 +7,8 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
