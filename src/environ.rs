@@ -241,6 +241,37 @@ mod tests {
         assert_eq!(get(&env, "RAW_URI"), Some("http://h.example/p?q"));
     }
 
+    proptest::proptest! {
+        /// Any request hyper could hand over gives an environ whose pair blob
+        /// splits back into exactly the pairs written, or a typed refusal.
+        #[test]
+        fn any_request_builds_a_well_formed_environ(
+            path in "/[ -~]{0,40}",
+            headers in proptest::collection::vec(("[a-z_-]{1,12}", proptest::collection::vec(0x20u8..0xff, 0..40)), 0..12),
+        ) {
+            let Ok(uri) = path.parse::<hyper::http::Uri>() else { return Ok(()) };
+            let mut req = Request::get(uri);
+            for (name, value) in &headers {
+                if let Ok(value) = hyper::http::HeaderValue::from_bytes(value) {
+                    req = req.header(name.as_str(), value);
+                }
+            }
+            let Ok(req) = req.body(()) else { return Ok(()) };
+            let (parts, ()) = req.into_parts();
+            for policy in [Underscores::Drop, Underscores::Refuse, Underscores::Dangerous] {
+                match build(&parts, &tcp(), policy) {
+                    Ok(blob) => {
+                        let pairs = pairs(&blob).expect("an even number of fields");
+                        proptest::prop_assert!(pairs.iter().all(|(k, _)| !k.is_empty()));
+                        proptest::prop_assert!(pairs.iter().any(|(k, _)| k == "PATH_INFO"));
+                    }
+                    Err(EnvironError::NulInPath) => proptest::prop_assert!(path.contains("%00")),
+                    Err(EnvironError::Underscore(_)) => proptest::prop_assert_eq!(policy, Underscores::Refuse),
+                }
+            }
+        }
+    }
+
     #[test]
     fn refuses_nul_in_path() {
         let (parts, ()) = Request::get("/a%00b").body(()).unwrap().into_parts();

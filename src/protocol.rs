@@ -383,6 +383,32 @@ mod tests {
         assert_eq!(super::pairs(&Bytes::new()), Some(vec![]));
     }
 
+    proptest::proptest! {
+        /// Whatever a worker sends, decoding answers Ok or Err and never panics.
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode(&Bytes::from(bytes));
+        }
+
+        /// Well-formed worker messages with arbitrary contents decode to what was sent.
+        #[test]
+        fn body_frames_round_trip(id in 0u64.., chunk in proptest::collection::vec(proptest::num::u8::ANY, 0..512), last: bool) {
+            use rmpv::Value::{Array, Binary};
+            let frame = pack(&Array(vec![13.into(), id.into(), Binary(chunk.clone()), last.into()]));
+            proptest::prop_assert_eq!(decode(&frame).unwrap(), FromWorker::Body { id, chunk: chunk.into(), last });
+        }
+
+        /// A frame stream cut or corrupted anywhere gives frames or an error, never a panic or a hang.
+        #[test]
+        fn frame_reader_survives_garbage(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let mut reader = FrameReader::new(&bytes[..]);
+                while let Ok(Some(_)) = reader.next().await {}
+            });
+        }
+    }
+
     #[tokio::test]
     async fn frame_reader_splits_and_limits() {
         let mut input = Vec::new();
