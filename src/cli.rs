@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::environ::Underscores;
+use crate::environ::{TrustedProxies, Underscores};
 use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
@@ -89,6 +89,10 @@ struct Args {
     #[arg(long, value_enum, value_name = "POLICY", default_value = "drop")]
     header_map: Underscores,
 
+    /// Peers whose X-Forwarded-* and Forwarded headers set the client address, scheme, host and prefix; comma-separated IPs, or * for any (unix-socket peers are always trusted)
+    #[arg(long, value_name = "IPS", default_value = "127.0.0.1,::1", value_parser = parse_proxies)]
+    forwarded_allow_ips: TrustedProxies,
+
     /// Write the master's pid to this file, removed at exit
     #[arg(long, value_name = "FILE")]
     pid: Option<PathBuf>,
@@ -149,6 +153,7 @@ pub struct Config {
     pub pool: Settings,
     pub limits: Limits,
     pub underscores: Underscores,
+    pub proxies: TrustedProxies,
 }
 
 /// Parses the command line; on a mistake prints one sentence and exits 2.
@@ -239,6 +244,7 @@ impl TryFrom<Args> for Config {
                 header_timeout: args.header_timeout,
             },
             underscores: args.header_map,
+            proxies: args.forwarded_allow_ips,
         })
     }
 }
@@ -333,6 +339,16 @@ fn parse_bind(value: &str) -> Result<Bind, String> {
         .and_then(|mut addrs| addrs.next())
         .map(Bind::Tcp)
         .ok_or_else(|| format!("cannot resolve host {host:?}; use HOST:PORT, [IPV6]:PORT or unix:PATH"))
+}
+
+fn parse_proxies(value: &str) -> Result<TrustedProxies, String> {
+    if value.trim() == "*" {
+        return Ok(TrustedProxies::All);
+    }
+    let ips = value.split(',').map(str::trim).filter(|ip| !ip.is_empty());
+    let ips = ips
+        .map(|ip| ip.parse().map_err(|_| format!("{ip:?} is not an IP address; list IPs separated by commas, or *")));
+    Ok(TrustedProxies::Only(ips.collect::<Result<_, _>>()?))
 }
 
 /// Seconds, fractions allowed; 0 means "no limit" (a century).

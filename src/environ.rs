@@ -5,11 +5,11 @@
 //! wsgi.errors, ...) are added by the shim. No I/O and no policy beyond the
 //! mapping itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
-use hyper::http::{header, HeaderName, Version};
+use hyper::http::{header, HeaderMap, HeaderName, Version};
 
 use crate::protocol::PairBlob;
 
@@ -21,6 +21,84 @@ pub struct Conn {
     /// The listener's address; `None` on a unix socket.
     pub local: Option<SocketAddr>,
     pub scheme: &'static str,
+    /// The peer is a proxy whose forwarding headers are believed.
+    pub trusted: bool,
+}
+
+/// The peers whose forwarding headers are believed (gunicorn's
+/// `--forwarded-allow-ips`). Unix-socket peers always are: the socket's
+/// permissions already decide who may connect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrustedProxies {
+    All,
+    Only(Vec<IpAddr>),
+}
+
+impl TrustedProxies {
+    pub fn trusts(&self, peer: Option<SocketAddr>) -> bool {
+        match (self, peer) {
+            (_, None) | (TrustedProxies::All, _) => true,
+            (TrustedProxies::Only(ips), Some(peer)) => ips.contains(&peer.ip().to_canonical()),
+        }
+    }
+}
+
+/// What a trusted proxy says about the client: from the last element of
+/// `Forwarded` (RFC 7239) when present, else the last value of each
+/// `X-Forwarded-*` header: the one that proxy itself added.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Forwarded {
+    client: Option<String>,
+    scheme: Option<&'static str>,
+    host: Option<String>,
+    prefix: Option<String>,
+}
+
+impl Forwarded {
+    fn from(headers: &HeaderMap) -> Forwarded {
+        let last = |name: &str| {
+            let values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            values.flat_map(|v| v.split(',')).map(str::trim).rfind(|v| !v.is_empty()).map(str::to_string)
+        };
+        let scheme = |s: &str| match s.to_ascii_lowercase().as_str() {
+            "http" => Some("http"),
+            "https" => Some("https"),
+            _ => None,
+        };
+        let prefix =
+            last("x-forwarded-prefix").filter(|p| p.starts_with('/')).map(|p| p.trim_end_matches('/').to_string());
+        if let Some(element) = last("forwarded") {
+            let mut seen = Forwarded { prefix, ..Forwarded::default() };
+            for pair in element.split(';') {
+                let Some((key, value)) = pair.split_once('=') else { continue };
+                let value = value.trim().trim_matches('"');
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "for" => seen.client = node_address(value),
+                    "proto" => seen.scheme = scheme(value),
+                    "host" => seen.host = Some(value.to_string()).filter(|h| !h.is_empty()),
+                    _ => {}
+                }
+            }
+            return seen;
+        }
+        Forwarded {
+            client: last("x-forwarded-for").and_then(|v| node_address(&v)),
+            scheme: last("x-forwarded-proto").and_then(|v| scheme(&v)),
+            host: last("x-forwarded-host"),
+            prefix,
+        }
+    }
+}
+
+/// The address in a forwarded node (`192.0.2.1`, `192.0.2.1:80`,
+/// `[2001:db8::1]:80`); `None` for `unknown` and obfuscated names.
+fn node_address(node: &str) -> Option<String> {
+    let host = match node.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next()?,
+        None if node.matches(':').count() == 1 => node.split(':').next()?,
+        None => node,
+    };
+    host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical().to_string())
 }
 
 /// What to do with a header whose name contains `_`, which CGI would map to
@@ -50,9 +128,10 @@ pub fn build(parts: &Parts, conn: &Conn, underscores: Underscores) -> Result<Byt
     if path.contains(&0) {
         return Err(EnvironError::NulInPath);
     }
+    let forwarded = if conn.trusted { Forwarded::from(&parts.headers) } else { Forwarded::default() };
     let mut env = PairBlob::with_capacity(512 + parts.headers.len() * 48);
     env.push(b"REQUEST_METHOD", parts.method.as_str().as_bytes());
-    env.push(b"SCRIPT_NAME", b"");
+    env.push(b"SCRIPT_NAME", forwarded.prefix.as_deref().unwrap_or("").as_bytes());
     env.push(b"PATH_INFO", &path);
     env.push(b"QUERY_STRING", uri.query().unwrap_or("").as_bytes());
     match (uri.scheme(), uri.path_and_query()) {
@@ -60,21 +139,29 @@ pub fn build(parts: &Parts, conn: &Conn, underscores: Underscores) -> Result<Byt
         _ => env.push(b"RAW_URI", uri.to_string().as_bytes()),
     }
     env.push(b"SERVER_PROTOCOL", protocol_name(parts.version));
-    env.push(b"wsgi.url_scheme", conn.scheme.as_bytes());
+    let scheme = forwarded.scheme.unwrap_or(conn.scheme);
+    env.push(b"wsgi.url_scheme", scheme.as_bytes());
 
-    let (name, port) = server_name_port(parts, conn);
+    let (name, port) = server_name_port(parts, conn, scheme, forwarded.host.as_deref());
     env.push(b"SERVER_NAME", name.as_bytes());
     env.push(b"SERVER_PORT", port.as_bytes());
-    match conn.peer {
-        Some(peer) => {
+    if let Some(host) = &forwarded.host {
+        env.push(b"HTTP_HOST", host.as_bytes());
+    }
+    match (&forwarded.client, conn.peer) {
+        // The proxy's own port says nothing about the client.
+        (Some(client), _) => env.push(b"REMOTE_ADDR", client.as_bytes()),
+        (None, Some(peer)) => {
             env.push(b"REMOTE_ADDR", peer.ip().to_canonical().to_string().as_bytes());
             env.push(b"REMOTE_PORT", peer.port().to_string().as_bytes());
         }
-        None => env.push(b"REMOTE_ADDR", b""),
+        (None, None) => env.push(b"REMOTE_ADDR", b""),
     }
 
     for name in parts.headers.keys() {
-        let key: &[u8] = if name == header::CONTENT_TYPE {
+        let key: &[u8] = if name == header::HOST && forwarded.host.is_some() {
+            continue;
+        } else if name == header::CONTENT_TYPE {
             b"CONTENT_TYPE"
         } else if name == header::CONTENT_LENGTH {
             b"CONTENT_LENGTH"
@@ -126,12 +213,10 @@ fn push_joined(env: &mut PairBlob, key: &[u8], name: &HeaderName, parts: &Parts)
 
 /// SERVER_NAME and SERVER_PORT: the Host header (or an absolute-form target's
 /// authority) when there is one, as gunicorn does, else the listener's address.
-fn server_name_port(parts: &Parts, conn: &Conn) -> (String, String) {
-    let default_port = if conn.scheme == "https" { "443" } else { "80" };
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
+fn server_name_port(parts: &Parts, conn: &Conn, scheme: &str, forwarded_host: Option<&str>) -> (String, String) {
+    let default_port = if scheme == "https" { "443" } else { "80" };
+    let host = forwarded_host
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
     if let Some(host) = host.filter(|h| !h.is_empty()) {
         let (name, port) = split_host(host);
@@ -183,6 +268,7 @@ mod tests {
             peer: Some("10.1.2.3:5555".parse().unwrap()),
             local: Some("127.0.0.1:8000".parse().unwrap()),
             scheme: "http",
+            trusted: false,
         }
     }
 
@@ -228,7 +314,7 @@ mod tests {
         assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("127.0.0.1"), Some("8000")));
         assert_eq!(get(&env, "SERVER_PROTOCOL"), Some("HTTP/1.0"));
 
-        let unix = Conn { peer: None, local: None, scheme: "http" };
+        let unix = Conn { peer: None, local: None, scheme: "http", trusted: false };
         let env = environ(Request::get("/").body(()).unwrap(), &unix);
         assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("localhost"), Some("80")));
         assert_eq!(get(&env, "REMOTE_ADDR"), Some(""));
@@ -270,6 +356,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn forwarded_headers_only_from_trusted_peers() {
+        let req = || {
+            Request::get("/p")
+                .header("host", "inner:8000")
+                .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "shop.example")
+                .header("x-forwarded-prefix", "/app/")
+                .body(())
+                .unwrap()
+        };
+        let trusted = Conn { trusted: true, ..tcp() };
+        let env = environ(req(), &trusted);
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some("203.0.113.7"));
+        assert_eq!(get(&env, "REMOTE_PORT"), None);
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some("https"));
+        assert_eq!(get(&env, "HTTP_HOST"), Some("shop.example"));
+        assert_eq!((get(&env, "SERVER_NAME"), get(&env, "SERVER_PORT")), (Some("shop.example"), Some("443")));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some("/app"));
+
+        let env = environ(req(), &tcp());
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some("10.1.2.3"));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some("http"));
+        assert_eq!(get(&env, "HTTP_HOST"), Some("inner:8000"));
+        assert_eq!(get(&env, "HTTP_X_FORWARDED_FOR"), Some("6.6.6.6, 203.0.113.7"));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(""));
+
+        let rfc = Request::get("/")
+            .header("host", "inner")
+            .header("forwarded", "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https;host=\"a.example\"")
+            .header("x-forwarded-for", "9.9.9.9")
+            .body(())
+            .unwrap();
+        let env = environ(rfc, &trusted);
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some("2001:db8::1"));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some("https"));
+        assert_eq!(get(&env, "HTTP_HOST"), Some("a.example"));
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let only = TrustedProxies::Only(vec!["127.0.0.1".parse().unwrap()]);
+        assert!(only.trusts(Some("127.0.0.1:5".parse().unwrap())));
+        assert!(only.trusts(Some("[::ffff:127.0.0.1]:5".parse().unwrap())));
+        assert!(!only.trusts(Some("10.0.0.1:5".parse().unwrap())));
+        assert!(only.trusts(None));
+        assert!(TrustedProxies::All.trusts(Some("10.0.0.1:5".parse().unwrap())));
+        assert_eq!(node_address("unknown"), None);
+        assert_eq!(node_address("_hidden"), None);
+        assert_eq!(node_address("192.0.2.1:80"), Some("192.0.2.1".into()));
     }
 
     #[test]

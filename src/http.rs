@@ -29,8 +29,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::cli::Bind;
-use crate::environ::Underscores;
 use crate::environ::{self, Conn};
+use crate::environ::{TrustedProxies, Underscores};
 use crate::log::{self, Timestamp};
 use crate::pool::{BodyError, BodySource, Event, Failure, Job, NextChunk, Pool, Ticket};
 use crate::{debug, error, warning};
@@ -54,6 +54,7 @@ pub struct Front {
     pub pool: Arc<Pool>,
     pub limits: Limits,
     pub underscores: Underscores,
+    pub proxies: TrustedProxies,
 }
 
 pub enum Listener {
@@ -130,10 +131,13 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|&s| s) => return,
-            accepted = accept(&listener) => accepted,
+            accepted = accept(&listener, &front.proxies) => accepted,
         };
         match accepted {
-            Ok((io, conn)) => serve_connection(io, conn, front.clone(), &graceful),
+            Ok((io, conn)) => {
+                debug!("Accepted a connection from {}", conn.peer.map_or("a unix socket".into(), |p| p.to_string()));
+                serve_connection(io, conn, front.clone(), &graceful)
+            }
             Err(e) => {
                 // Out of fds or memory: back off instead of spinning.
                 warning!("accept failed: {e}");
@@ -146,17 +150,18 @@ async fn accept_loop(
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-async fn accept(listener: &Listener) -> io::Result<(Box<dyn Io>, Conn)> {
+async fn accept(listener: &Listener, proxies: &TrustedProxies) -> io::Result<(Box<dyn Io>, Conn)> {
     match listener {
         Listener::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             stream.set_nodelay(true)?;
-            let conn = Conn { peer: Some(peer), local: stream.local_addr().ok(), scheme: "http" };
+            let trusted = proxies.trusts(Some(peer));
+            let conn = Conn { peer: Some(peer), local: stream.local_addr().ok(), scheme: "http", trusted };
             Ok((Box::new(stream), conn))
         }
         Listener::Unix(l, _) => {
             let (stream, _) = l.accept().await?;
-            Ok((Box::new(stream), Conn { peer: None, local: None, scheme: "http" }))
+            Ok((Box::new(stream), Conn { peer: None, local: None, scheme: "http", trusted: proxies.trusts(None) }))
         }
     }
 }

@@ -89,7 +89,12 @@ async fn run(config: cli::Config) -> ExitCode {
             return ExitCode::from(EXIT_BOOT);
         }
     };
-    let front = Arc::new(http::Front { pool: pool.clone(), limits: config.limits, underscores: config.underscores });
+    let front = Arc::new(http::Front {
+        pool: pool.clone(),
+        limits: config.limits,
+        underscores: config.underscores,
+        proxies: config.proxies,
+    });
     let mut grace = config.graceful_timeout;
     let shutdown = signals.wait_for_stop(&pool, &mut grace);
     http::serve(listeners, front, shutdown, config.graceful_timeout).await;
