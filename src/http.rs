@@ -354,6 +354,18 @@ async fn read_initial_body(
     Ok((initial, rest))
 }
 
+/// Headers that belong to one connection, which the server alone manages (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
 /// The app's status line and headers, validated into a response head.
 fn head(status: &[u8], headers: Vec<(Bytes, Bytes)>) -> Result<Response<()>, String> {
     let invalid_status =
@@ -373,6 +385,9 @@ fn head(status: &[u8], headers: Vec<(Bytes, Bytes)>) -> Result<Response<()>, Str
     for (name, value) in headers {
         let name = HeaderName::from_bytes(&name)
             .map_err(|_| format!("header name {:?} is invalid", String::from_utf8_lossy(&name)))?;
+        if HOP_BY_HOP.contains(&name) {
+            return Err(format!("{name} is a hop-by-hop header, which PEP 3333 forbids apps to send"));
+        }
         let value =
             HeaderValue::from_maybe_shared(value).map_err(|_| format!("the value of header {name} is invalid"))?;
         if name == header::CONTENT_LENGTH && value.to_str().ok().and_then(|v| v.parse::<u64>().ok()).is_none() {
@@ -441,6 +456,7 @@ impl Exchange {
     fn reply(self, status: StatusCode, text: &str) -> Response<Body> {
         let body = Body {
             source: Source::Full(Some(Bytes::copy_from_slice(text.as_bytes()))),
+            declared: None,
             log: AccessLog::new(self, status),
         };
         let mut response = Response::new(body);
@@ -451,22 +467,31 @@ impl Exchange {
 
     fn stream(self, head: Response<()>, ticket: Ticket) -> Response<Body> {
         let (parts, ()) = head.into_parts();
+        let bodiless = self.method == Method::HEAD
+            || parts.status.is_informational()
+            || matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let log = AccessLog::new(self, parts.status);
-        Response::from_parts(parts, Body { source: Source::Events(ticket), log })
+        let declared = if bodiless { None } else { declared };
+        Response::from_parts(parts, Body { source: Source::Events(ticket), declared, log })
     }
 }
 
 /// A response body: the master's own text, or the worker's chunks as they come.
 pub struct Body {
     source: Source,
+    /// The app's Content-Length, which the body must match exactly.
+    declared: Option<u64>,
     log: AccessLog,
 }
 
 enum Source {
     Full(Option<Bytes>),
     Events(Ticket),
-    /// The response failed after its head: the connection is cut at the next
-    /// poll, once hyper has flushed what it already holds.
+    /// The response failed after its head. hyper drops its unflushed output
+    /// with the connection when a body fails, so `Cutting` first yields once
+    /// (hyper flushes what the client is owed), then `Cut` fails the body.
+    Cutting,
     Cut,
 }
 
@@ -485,8 +510,18 @@ impl hyper::body::Body for Body {
         let chunk = match &mut this.source {
             Source::Full(data) => data.take(),
             Source::Cut => return Poll::Ready(Some(Err(Cut))),
+            Source::Cutting => {
+                this.source = Source::Cut;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Source::Events(ticket) => match ready!(ticket.poll_recv(cx)) {
                 Some(Event::Chunk(chunk)) => Some(chunk),
+                Some(Event::End) if this.declared.is_some_and(|d| this.log.bytes < d) => {
+                    this.log.cut("the app sent less body than its Content-Length");
+                    this.source = Source::Cutting;
+                    return self.poll_frame(cx);
+                }
                 Some(Event::End) => {
                     this.source = Source::Full(None);
                     None
@@ -494,17 +529,22 @@ impl hyper::body::Body for Body {
                 failed => {
                     match (failed, &this.log.exchange) {
                         (Some(Event::Failed(failure)), Some(exchange)) => exchange.log_failure(&failure),
-                        _ => error!("the worker was lost in the middle of a response; cutting the connection"),
+                        _ => this.log.cut("the worker was lost in the middle of the response"),
                     }
-                    // hyper drops its unflushed output with the connection when
-                    // a body fails; one Pending lets it flush the chunks the
-                    // client is owed first.
-                    this.source = Source::Cut;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
+                    this.source = Source::Cutting;
+                    return self.poll_frame(cx);
                 }
             },
         };
+        if let (Some(data), Some(declared)) = (&chunk, this.declared) {
+            // Sending only the declared part would let hyper finish the message
+            // and keep the connection as if nothing were wrong.
+            if this.log.bytes + data.len() as u64 > declared {
+                this.log.cut("the app sent more body than its Content-Length");
+                this.source = Source::Cutting;
+                return self.poll_frame(cx);
+            }
+        }
         if let Some(chunk) = &chunk {
             this.log.bytes += chunk.len() as u64;
         }
@@ -518,7 +558,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Source::Events(_) | Source::Cut => SizeHint::default(),
+            Source::Events(_) | Source::Cutting | Source::Cut => SizeHint::default(),
         }
     }
 }
@@ -533,6 +573,11 @@ struct AccessLog {
 impl AccessLog {
     fn new(exchange: Exchange, status: StatusCode) -> Self {
         AccessLog { exchange: Some(exchange), status, bytes: 0 }
+    }
+
+    fn cut(&self, why: &str) {
+        let request = self.exchange.as_ref().map_or_else(String::new, Exchange::request_line);
+        error!("{request}: {why}; cutting the connection");
     }
 }
 

@@ -195,3 +195,35 @@ def test_expect_continue_only_when_the_app_reads(srv):
     s.close()
     assert b"200 OK" in interim + rest
     assert b'"body": 5' in interim + rest
+
+
+@pytest.mark.parametrize("path", ["/short", "/long"])
+def test_content_length_mismatch_closes_the_connection(server, path):
+    srv = server("strict_app:framing")
+    out, closed = exchange(srv, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+    assert closed, "a response that breaks its own framing must end the connection"
+    assert out.startswith(b"HTTP/1.1 200 OK")
+    srv.wait_log(r"Content-Length; cutting the connection")
+    # Whatever was sent never holds more body than the declared length.
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert len(body) <= int(dict(l.split(b": ", 1) for l in head.split(b"\r\n")[1:])[b"Content-Length"])
+    time.sleep(0.2)
+    assert "SERVED /next" not in srv.log
+
+
+@pytest.mark.parametrize("name", ["Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "TE", "Trailer"])
+def test_hop_by_hop_headers_from_the_app_are_an_error(server, name):
+    srv = server("strict_app:framing")
+    out, _ = exchange(srv, b"GET /hop/%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % name.encode())
+    assert status_of(out) == 500
+    srv.wait_log(r"hop-by-hop header")
+
+
+def test_an_unread_body_never_hides_a_request(server):
+    srv = server("strict_app:framing")
+    hidden = b"GET /hidden HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = b"POST /ignores-body HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(hidden), hidden)
+    out, _ = exchange(srv, data + b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    time.sleep(0.2)
+    assert "SERVED /hidden" not in srv.log
+    assert [status for status, _ in responses(out)] in ([200, 200], [200])

@@ -21,3 +21,20 @@ def application(environ, start_response):
     out = json.dumps({"body": len(body), "environ": keys}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
     return [out]
+
+
+def framing(environ, start_response):
+    """Responses whose framing the app gets wrong."""
+    path = environ["PATH_INFO"]
+    if path == "/short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"12345"]
+    if path == "/long":
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"1234567890"]
+    if path.startswith("/hop/"):
+        start_response("200 OK", [(path[len("/hop/"):], "x")])
+        return [b"hop"]
+    print("SERVED %s" % path)
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
