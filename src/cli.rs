@@ -85,6 +85,10 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     header_timeout: Duration,
 
+    /// Seconds a request body may stall (no byte arriving) before the request is dropped: 408 before a worker took it
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    body_timeout: Duration,
+
     /// Header names with an underscore: drop them, refuse the request, or pass them on (dangerous)
     #[arg(long, value_enum, value_name = "POLICY", default_value = "drop")]
     header_map: Underscores,
@@ -242,6 +246,7 @@ impl TryFrom<Args> for Config {
                 field_size: to_usize(args.limit_request_field_size),
                 body: (args.limit_request_body > 0).then_some(args.limit_request_body),
                 header_timeout: args.header_timeout,
+                body_timeout: args.body_timeout,
             },
             underscores: args.header_map,
             proxies: args.forwarded_allow_ips,

@@ -47,6 +47,8 @@ pub struct Limits {
     pub body: Option<u64>,
     /// For the request line and headers to arrive, including on an idle keep-alive connection.
     pub header_timeout: Duration,
+    /// For each read of the body while the body is not complete.
+    pub body_timeout: Duration,
 }
 
 /// Everything a connection needs.
@@ -195,13 +197,17 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> R
     };
     let expects_continue =
         parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let body = ClientBody { body, received: 0, limit: front.limits.body, ended: false };
+    let body =
+        ClientBody { body, received: 0, limit: front.limits.body, stall: front.limits.body_timeout, ended: false };
     let (body, rest) = match read_initial_body(body, expects_continue).await {
         Ok(read) => read,
         Err(BodyError::TooLarge) => {
             return Ok(exchange.refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than the server accepts"))
         }
         Err(BodyError::Client) => return Ok(exchange.refuse(StatusCode::BAD_REQUEST, "the body could not be read")),
+        Err(BodyError::Stalled) => {
+            return Ok(exchange.refuse(StatusCode::REQUEST_TIMEOUT, "the body stopped arriving before it was complete"))
+        }
     };
     let mut ticket = match front.pool.submit(Job { environ, body, rest }) {
         Ok(ticket) => ticket,
@@ -289,6 +295,7 @@ struct ClientBody {
     body: Incoming,
     received: u64,
     limit: Option<u64>,
+    stall: Duration,
     ended: bool,
 }
 
@@ -299,7 +306,10 @@ impl ClientBody {
 
     async fn next(&mut self) -> Option<Result<Bytes, BodyError>> {
         loop {
-            let frame = match self.body.frame().await {
+            let Ok(frame) = tokio::time::timeout(self.stall, self.body.frame()).await else {
+                return Some(Err(BodyError::Stalled));
+            };
+            let frame = match frame {
                 None => {
                     self.ended = true;
                     return None;

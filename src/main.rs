@@ -46,6 +46,7 @@ fn main() -> ExitCode {
 
 async fn run(config: cli::Config) -> ExitCode {
     let pid = std::process::id();
+    raise_fd_limit();
     let mut signals = match Signals::install() {
         Ok(signals) => signals,
         Err(e) => {
@@ -101,6 +102,20 @@ async fn run(config: cli::Config) -> ExitCode {
     pool.stop(grace).await;
     info!("Shutting down: Master");
     ExitCode::SUCCESS
+}
+
+/// Every connection is a file descriptor: take the hard limit, not the
+/// conventional soft 1024, before accepting thousands of keep-alive clients.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warning!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The signals gunicorn defines, as tokio streams.

@@ -76,6 +76,8 @@ pub enum BodyError {
     Client,
     #[error("the body is larger than --limit-request-body")]
     TooLarge,
+    #[error("no more body arrived within --body-timeout")]
+    Stalled,
 }
 
 /// What the pool tells the request that waits for its answer, in order:
