@@ -106,22 +106,23 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
-/// Serves every listener until `shutdown` resolves, then waits up to `grace`
-/// for the requests in progress.
-pub async fn serve(listeners: Vec<Listener>, front: Arc<Front>, shutdown: impl Future<Output = ()>, grace: Duration) {
+/// Serves every listener until `shutdown` resolves to the grace period that
+/// requests in progress get, waits up to that long for them, and returns it.
+pub async fn serve(listeners: Vec<Listener>, front: Arc<Front>, shutdown: impl Future<Output = Duration>) -> Duration {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
         accepting.spawn(accept_loop(listener, front.clone(), graceful.clone(), stop_rx.clone()));
     }
-    shutdown.await;
+    let grace = shutdown.await;
     let _ = stop_tx.send(true);
     while accepting.join_next().await.is_some() {}
     let graceful = Arc::into_inner(graceful).expect("the accept loops have ended");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() && !grace.is_zero() {
         warning!("Requests still in progress after the graceful timeout of {grace:?} are cut");
     }
+    grace
 }
 
 async fn accept_loop(

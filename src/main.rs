@@ -96,9 +96,8 @@ async fn run(config: cli::Config) -> ExitCode {
         underscores: config.underscores,
         proxies: config.proxies,
     });
-    let mut grace = config.graceful_timeout;
-    let shutdown = signals.wait_for_stop(&pool, &mut grace);
-    http::serve(listeners, front, shutdown, config.graceful_timeout).await;
+    let shutdown = signals.wait_for_stop(&pool, config.graceful_timeout);
+    let grace = http::serve(listeners, front, shutdown).await;
     pool.stop(grace).await;
     info!("Shutting down: Master");
     ExitCode::SUCCESS
@@ -142,17 +141,22 @@ impl Signals {
         })
     }
 
-    /// Acts on every signal until one asks to stop: TERM and INT gracefully,
-    /// QUIT at once (`grace` becomes zero).
-    async fn wait_for_stop(&mut self, pool: &Pool, grace: &mut Duration) {
+    /// Acts on every signal until one asks to stop, then returns how long
+    /// requests in progress get: `graceful` for TERM and INT, none for QUIT.
+    async fn wait_for_stop(&mut self, pool: &Pool, graceful: Duration) -> Duration {
         loop {
             tokio::select! {
-                _ = self.term.recv() => return info!("Handling signal: term"),
-                _ = self.int.recv() => return info!("Handling signal: int"),
+                _ = self.term.recv() => {
+                    info!("Handling signal: term");
+                    return graceful;
+                }
+                _ = self.int.recv() => {
+                    info!("Handling signal: int");
+                    return graceful;
+                }
                 _ = self.quit.recv() => {
                     info!("Handling signal: quit");
-                    *grace = Duration::ZERO;
-                    return;
+                    return Duration::ZERO;
                 }
                 _ = self.hup.recv() => {
                     info!("Handling signal: hup");
