@@ -37,3 +37,12 @@ try:
 
 except ImportError:  # the bench skips the flask row
     flask_app = None
+
+
+def sleep50(environ, start_response):
+    """50 ms of waiting (I/O, say) per request: what --threads is for."""
+    import time
+
+    time.sleep(0.05)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [HELLO]
