@@ -14,6 +14,7 @@ use crate::environ::{TrustedProxies, Underscores};
 use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
+use crate::sandbox::{Options as SandboxOptions, Sandbox};
 
 const DEFAULT_PORT: u16 = 8000;
 
@@ -97,6 +98,38 @@ struct Args {
     #[arg(long, value_name = "IPS", default_value = "127.0.0.1,::1", value_parser = parse_proxies)]
     forwarded_allow_ips: TrustedProxies,
 
+    /// Run the workers as this user (name or uid); the master may stay root to bind low ports
+    #[arg(short = 'u', long, value_name = "USER")]
+    user: Option<String>,
+
+    /// Run the workers in this group (name or gid) [default: the user's group]
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    group: Option<String>,
+
+    /// The workers' umask, in octal, such as 027
+    #[arg(long, value_name = "MODE", value_parser = parse_umask)]
+    umask: Option<u32>,
+
+    /// Largest address space of a worker, in MiB (RLIMIT_AS): past it, allocations fail with MemoryError
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..))]
+    worker_rlimit_as: Option<u64>,
+
+    /// Most open files of a worker (RLIMIT_NOFILE)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(16..))]
+    worker_rlimit_nofile: Option<u64>,
+
+    /// Most processes and threads of the worker's user (RLIMIT_NPROC; not enforced for root)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    worker_rlimit_nproc: Option<u64>,
+
+    /// CPU seconds over a worker's whole life (RLIMIT_CPU): past it, the worker is killed and replaced
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    worker_rlimit_cpu: Option<u64>,
+
+    /// Give each worker its own network namespace: the app can connect nowhere, not even 127.0.0.1
+    #[arg(long)]
+    isolate_network: bool,
+
     /// Write the master's pid to this file, removed at exit
     #[arg(long, value_name = "FILE")]
     pid: Option<PathBuf>,
@@ -158,6 +191,7 @@ pub struct Config {
     pub limits: Limits,
     pub underscores: Underscores,
     pub proxies: TrustedProxies,
+    pub sandbox: Sandbox,
 }
 
 /// Parses the command line; on a mistake prints one sentence and exits 2.
@@ -212,6 +246,17 @@ impl TryFrom<Args> for Config {
                 .map_err(|e| invalid(format!("cannot read the current directory ({e}); pass --chdir.")))?,
         };
         let python = find_python(args.python.as_deref()).map_err(invalid)?;
+        let sandbox = Sandbox::resolve(&SandboxOptions {
+            user: args.user,
+            group: args.group,
+            umask: args.umask,
+            rlimit_as_mib: args.worker_rlimit_as,
+            rlimit_nofile: args.worker_rlimit_nofile,
+            rlimit_nproc: args.worker_rlimit_nproc,
+            rlimit_cpu_seconds: args.worker_rlimit_cpu,
+            isolate_network: args.isolate_network,
+        })
+        .map_err(|e| invalid(e.to_string()))?;
         let binds = if args.bind.is_empty() {
             vec![Bind::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
         } else {
@@ -250,6 +295,7 @@ impl TryFrom<Args> for Config {
             },
             underscores: args.header_map,
             proxies: args.forwarded_allow_ips,
+            sandbox,
         })
     }
 }
@@ -344,6 +390,13 @@ fn parse_bind(value: &str) -> Result<Bind, String> {
         .and_then(|mut addrs| addrs.next())
         .map(Bind::Tcp)
         .ok_or_else(|| format!("cannot resolve host {host:?}; use HOST:PORT, [IPV6]:PORT or unix:PATH"))
+}
+
+fn parse_umask(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value, 8)
+        .ok()
+        .filter(|&m| m <= 0o777)
+        .ok_or_else(|| "expected an octal mode such as 027".into())
 }
 
 fn parse_proxies(value: &str) -> Result<TrustedProxies, String> {

@@ -8,6 +8,7 @@ mod http;
 mod log;
 mod pool;
 mod protocol;
+mod sandbox;
 mod worker;
 
 use std::path::PathBuf;
@@ -81,6 +82,7 @@ async fn run(config: cli::Config) -> ExitCode {
         pythonpath: config.pythonpath,
         env: config.env,
         threads: config.pool.threads,
+        sandbox: config.sandbox,
     };
     let app = spec.app.clone();
     let pool = match Pool::start(spec, config.pool).await {

@@ -3,7 +3,8 @@
 //! and exec.
 //!
 //! This module starts processes and forwards their stderr to the error log;
-//! which worker serves what, and what happens when one dies, is `pool`'s.
+//! what the child does between fork and exec is `sandbox`'s; which worker
+//! serves what, and what happens when one dies, is `pool`'s.
 
 use std::ffi::OsString;
 use std::io;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::info;
+use crate::sandbox::Sandbox;
 
 const PIPE_SIZE: libc::c_int = 1 << 20;
 const SHIM_SOURCE: &str = include_str!("../python_shim/rwsgi_shim.py");
@@ -37,6 +39,7 @@ pub struct Spec {
     pub pythonpath: Vec<String>,
     pub env: Vec<(String, String)>,
     pub threads: usize,
+    pub sandbox: Sandbox,
 }
 
 /// A started worker process and its protocol pipes.
@@ -64,27 +67,10 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let master = std::process::id();
-    // SAFETY: the closure runs in the forked child and only makes
-    // async-signal-safe system calls.
+    let sandbox = spec.sandbox.clone();
+    // SAFETY: `apply` makes only async-signal-safe system calls.
     unsafe {
-        cmd.pre_exec(move || {
-            // Its own process group, so a signal to the master's group does not
-            // reach workers before the master decides what to do with them.
-            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-            // No core files: a worker that is killed after a timeout aborts.
-            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
-                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0
-                || libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The master may have died before PDEATHSIG was armed.
-            if libc::getppid() as u32 != master {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || sandbox.apply(master));
     }
     let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.python, e))?;
     let pid = child.id().unwrap_or_default();
