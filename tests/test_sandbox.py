@@ -1,0 +1,99 @@
+"""Each worker gets only what it needs: always-on isolation, and the options
+that take more away, each with an app that tries to break it."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import APPS, BINARY
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+needs_system_python = pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON),
+                                         reason="needs %s, readable by other users" % SYSTEM_PYTHON)
+
+
+def ask(srv, path):
+    status, _, body = srv.request("GET", path, timeout=20)
+    return status, body.decode()
+
+
+def test_always_on_isolation(server, monkeypatch):
+    monkeypatch.setenv("SB_MASTER_ONLY", "secret")
+    srv = server("sb_app")
+    status, body = ask(srv, "/proc")
+    own_group, no_new_privs, fds, env = body.split("|")
+    assert status == 200
+    assert own_group == "True"
+    assert no_new_privs.split() == ["NoNewPrivs:", "1"]
+    assert "socket:" not in fds, fds
+    assert all(t.startswith(("pipe:", "/dev/null", "/proc/")) for t in fds.split(",")), fds
+    assert "SB_MASTER_ONLY" not in env.split(",")
+    worker = srv.worker_pids()[0]
+    with open("/proc/%d/status" % worker) as f:
+        assert re.search(r"NoNewPrivs:\s+1", f.read())
+    assert os.getpgid(worker) == worker
+
+
+@root_only
+@needs_system_python
+def test_user_group_and_umask(server):
+    srv = server("sb_app", "--user", "nobody", "--group", "nogroup", "--umask", "027", python=SYSTEM_PYTHON)
+    uid, gid, groups, umask = ask(srv, "/whoami")[1].split(" ", 3)
+    nobody = int(subprocess.check_output(["id", "-u", "nobody"]))
+    nogroup = int(subprocess.check_output(["getent", "group", "nogroup"], text=True).split(":")[2])
+    assert (int(uid), int(gid), groups, umask) == (nobody, nogroup, "[%d]" % nogroup, "27")
+    assert os.stat("/proc/%d" % srv.proc.pid).st_uid == 0, "the master stays root"
+
+
+def test_address_space_limit_fails_the_allocation_not_the_server(server):
+    srv = server("sb_app", "--worker-rlimit-as", "300", workers=2)
+    status, body = ask(srv, "/alloc?600")
+    assert status in (200, 500, 502)
+    assert body in ("MemoryError", "") or status != 200
+    assert ask(srv, "/alloc?10") == (200, "allocated %d" % (10 << 20))
+    assert all(ask(srv, "/")[0] == 200 for _ in range(20))
+
+
+def test_open_files_limit(server):
+    srv = server("sb_app", "--worker-rlimit-nofile", "64")
+    assert ask(srv, "/files?200")[1].startswith("refused after")
+    assert ask(srv, "/files?10") == (200, "opened 10")
+
+
+@root_only
+@needs_system_python
+def test_process_limit_for_an_unprivileged_user(server):
+    srv = server("sb_app", "--user", "nobody", "--worker-rlimit-nproc", "8", python=SYSTEM_PYTHON)
+    assert ask(srv, "/threads?50")[1].startswith("refused after")
+
+
+def test_cpu_limit_kills_and_replaces_the_worker(server):
+    srv = server("sb_app", "--worker-rlimit-cpu", "1")
+    before = ask(srv, "/")[1]
+    assert ask(srv, "/spin")[0] == 502
+    srv.wait_log(r"Worker %s died \(killed by signal (24|9)" % before)
+    assert ask(srv, "/")[1] != before
+
+
+def test_isolated_network_cannot_reach_even_loopback(server):
+    free = server("sb_app")
+    assert ask(free, "/connect?%d" % free.port)[1] == "connected"
+    srv = server("sb_app", "--isolate-network")
+    status, body = ask(srv, "/connect?%d" % srv.port)
+    assert status == 200 and body.startswith("blocked"), body
+    assert ask(srv, "/")[0] == 200
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--user", "no-such-user-here"], "no user"),
+    (["--group", "no-such-group-here"], "no group"),
+    (["--umask", "999"], "octal"),
+])
+def test_sandbox_flags_fail_loudly(args, message):
+    result = subprocess.run([str(BINARY)] + args + ["sb_app"], capture_output=True, text=True, cwd=str(APPS))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
