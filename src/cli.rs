@@ -14,7 +14,14 @@ use crate::environ::{TrustedProxies, Underscores};
 use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
-use crate::sandbox::{Options as SandboxOptions, Sandbox};
+use crate::sandbox::{AllowList, Options as SandboxOptions, Sandbox};
+use crate::worker;
+
+/// `--sandbox` presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    Strict,
+}
 
 const DEFAULT_PORT: u16 = 8000;
 
@@ -129,6 +136,26 @@ struct Args {
     /// Give each worker its own network namespace: the app can connect nowhere, not even 127.0.0.1
     #[arg(long)]
     isolate_network: bool,
+
+    /// Give each worker its own empty /tmp (a tmpfs in a private mount namespace)
+    #[arg(long)]
+    private_tmp: bool,
+
+    /// Landlock: also let the workers read under PATH (their interpreter, app and sys.path always are); repeatable
+    #[arg(long, value_name = "PATH")]
+    allow_read: Vec<PathBuf>,
+
+    /// Landlock: let the workers write under PATH (nothing else is writable); repeatable
+    #[arg(long, value_name = "PATH")]
+    allow_write: Vec<PathBuf>,
+
+    /// A preset: strict = --isolate-network, --private-tmp, Landlock (read only what the app needs, write nothing else), --umask 027
+    #[arg(long, value_enum, value_name = "PRESET")]
+    sandbox: Option<Preset>,
+
+    /// Start even when the kernel lacks a sandbox feature that was asked for, logging each one skipped
+    #[arg(long)]
+    sandbox_best_effort: bool,
 
     /// Write the master's pid to this file, removed at exit
     #[arg(long, value_name = "FILE")]
@@ -246,15 +273,29 @@ impl TryFrom<Args> for Config {
                 .map_err(|e| invalid(format!("cannot read the current directory ({e}); pass --chdir.")))?,
         };
         let python = find_python(args.python.as_deref()).map_err(invalid)?;
+        let strict = args.sandbox == Some(Preset::Strict);
+        let landlock = if strict || !args.allow_read.is_empty() || !args.allow_write.is_empty() {
+            let mut interpreter = worker::interpreter_paths(&python, &chdir, &args.env).map_err(|e| {
+                invalid(format!("cannot ask {} for its paths ({e}); check --python.", python.display()))
+            })?;
+            interpreter.push(chdir.clone());
+            interpreter.extend(args.pythonpath.iter().map(|p| chdir.join(p)));
+            Some(AllowList { read: args.allow_read, write: args.allow_write, interpreter })
+        } else {
+            None
+        };
         let sandbox = Sandbox::resolve(&SandboxOptions {
             user: args.user,
             group: args.group,
-            umask: args.umask,
+            umask: args.umask.or(strict.then_some(0o027)),
             rlimit_as_mib: args.worker_rlimit_as,
             rlimit_nofile: args.worker_rlimit_nofile,
             rlimit_nproc: args.worker_rlimit_nproc,
             rlimit_cpu_seconds: args.worker_rlimit_cpu,
-            isolate_network: args.isolate_network,
+            isolate_network: args.isolate_network || strict,
+            private_tmp: args.private_tmp || strict,
+            landlock,
+            best_effort: args.sandbox_best_effort,
         })
         .map_err(|e| invalid(e.to_string()))?;
         let binds = if args.bind.is_empty() {

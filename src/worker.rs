@@ -87,6 +87,25 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
     Ok(Process { child, pid, stdin, stdout })
 }
 
+/// The directories `python` reads to start and import, as it reports them
+/// when started the way a worker is: its prefixes and sys.path.
+pub fn interpreter_paths(python: &Path, chdir: &Path, env: &[(String, String)]) -> io::Result<Vec<PathBuf>> {
+    const REPORT: &str = "import sys; print('\\0'.join([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + sys.path))";
+    let output = std::process::Command::new(python)
+        .args(["-c", REPORT])
+        .current_dir(chdir)
+        .env_clear()
+        .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!("{} could not report its sys.path", python.display())));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text.trim_end().split('\0').filter(|p| !p.is_empty()).map(|p| chdir.join(p)).collect())
+}
+
 fn spawn_error(python: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot start {}: {e}", python.display()))
 }

@@ -97,3 +97,70 @@ def test_sandbox_flags_fail_loudly(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def check_files(srv, *items):
+    status, body = ask(srv, "/?" + ",".join(items))
+    assert status == 200, body
+    return body.split(",")
+
+
+def test_landlock_allows_only_the_interpreter_the_app_and_what_is_given(server, tmp_path):
+    writable = tmp_path / "writable"
+    writable.mkdir()
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    (readable / "data").write_text("x")
+    srv = server("sb_app:files", "--allow-read", str(readable), "--allow-write", str(writable))
+    results = check_files(srv, "r:/etc/shadow", "r:/root/.bash_history", "r:%s/data" % readable,
+                          "w:%s/new" % writable, "w:%s/new" % readable, "w:%s/sb_new" % APPS,
+                          "r:%s/sb_app.py" % APPS)
+    assert results[0] == "PermissionError"
+    assert results[1] in ("PermissionError", "FileNotFoundError")
+    assert results[2:] == ["ok", "ok", "PermissionError", "PermissionError", "ok"]
+
+
+def test_private_tmp_is_empty_and_writable(server, tmp_path):
+    marker = tmp_path.parent / "rwsgi-gw-host-tmp-marker"
+    marker.write_text("host")
+    try:
+        srv = server("sb_app:files", "--private-tmp")
+        results = check_files(srv, "r:%s" % marker, "w:/tmp/inside")
+        assert results == ["FileNotFoundError", "ok"]
+        assert not os.path.exists("/tmp/inside")
+    finally:
+        marker.unlink()
+
+
+def test_strict_preset(server):
+    srv = server("sb_app:files", "--sandbox", "strict")
+    assert check_files(srv, "r:/etc/shadow", "w:%s/sb_new" % APPS, "w:/tmp/ok", "r:/etc/hosts") == [
+        "PermissionError", "PermissionError", "ok", "ok"]
+    whole = server("sb_app", "--sandbox", "strict")
+    assert ask(whole, "/connect?%d" % whole.port)[1].startswith("blocked")
+    assert ask(whole, "/whoami")[1].split()[3] == "27"
+
+
+setpriv = pytest.mark.skipif(not os.path.exists("/usr/bin/setpriv") or os.geteuid() != 0,
+                             reason="needs root and setpriv to take CAP_SYS_ADMIN away")
+
+
+@setpriv
+def test_a_missing_kernel_feature_is_refused_unless_best_effort(server):
+    without_admin = ["/usr/bin/setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", str(BINARY)]
+    result = subprocess.run(without_admin + ["--isolate-network", "sb_app"], capture_output=True, text=True,
+                            cwd=str(APPS))
+    assert result.returncode == 2
+    assert "network namespace" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    proc = subprocess.Popen(without_admin + ["--bind", "127.0.0.1:0", "--isolate-network", "--sandbox-best-effort",
+                                             "sb_app"], stderr=subprocess.PIPE, text=True, cwd=str(APPS))
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert any("Sandbox feature skipped" in line and "network namespace" in line for line in lines), lines
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -63,3 +63,26 @@ def application(environ, start_response):
     body = out.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def files(environ, start_response):
+    """Reads and writes the paths named in the query: 'r:/etc/shadow,w:/tmp/x'."""
+    results = []
+    for item in environ["QUERY_STRING"].split(","):
+        mode, path = item.split(":", 1)
+        try:
+            if mode == "r":
+                with open(path, "rb") as f:
+                    f.read(1)
+            else:
+                with open(path, "w") as f:
+                    f.write("x")
+                os.unlink(path)
+            results.append("ok")
+        except PermissionError:
+            results.append("PermissionError")
+        except OSError as e:
+            results.append(type(e).__name__)
+    body = ",".join(results).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
