@@ -632,9 +632,13 @@ impl Shared {
                     error!("Worker {pid} timed out ({timeout:?} on one request); its threads' tracebacks follow, then it is killed");
                     // The shim's faulthandler prints every thread's traceback on SIGABRT.
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGABRT);
+                    let shared = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(DUMP_GRACE).await;
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        // Only a worker still ours: its pid may be reused once it is reaped.
+                        if shared.lock().workers.iter().any(|w| w.phase.pid() == Some(pid)) {
+                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                        }
                     });
                 }
             }

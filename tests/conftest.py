@@ -148,6 +148,11 @@ class Server:
 
     def raw(self, data, timeout=10):
         """Send raw bytes, read until the server closes; returns all bytes received."""
+        return self.exchange(data, timeout)[0]
+
+    def exchange(self, data, timeout=10):
+        """Send raw bytes; returns (bytes received, whether the server closed
+        the connection rather than going quiet for `timeout` seconds)."""
         s = socket.create_connection((self.host, self.port), timeout=timeout)
         try:
             s.sendall(data)
@@ -156,11 +161,10 @@ class Server:
                 try:
                     chunk = s.recv(65536)
                 except socket.timeout:
-                    break
+                    return out, False
                 if not chunk:
-                    break
+                    return out, True
                 out += chunk
-            return out
         finally:
             s.close()
 

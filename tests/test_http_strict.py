@@ -9,22 +9,8 @@ import time
 import pytest
 
 
-def exchange(srv, data, timeout=5):
-    """Sends raw bytes and returns everything the server sends until it closes or goes quiet."""
-    s = socket.create_connection((srv.host, srv.port), timeout=timeout)
-    try:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                return out, False
-            if not chunk:
-                return out, True
-            out += chunk
-    finally:
-        s.close()
+def exchange(srv, data):
+    return srv.exchange(data, timeout=5)
 
 
 def status_of(response):
