@@ -1,3 +1,0 @@
-def application(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"from --pythonpath"]

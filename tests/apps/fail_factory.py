@@ -1,0 +1,5 @@
+"""An app factory that raises when called."""
+
+
+def make():
+    raise RuntimeError("FAIL-FACTORY-RAISED")

@@ -1,0 +1,4 @@
+"""Cannot be compiled."""
+
+def broken(:  # FAIL-SYNTAX-MARKER
+    pass

@@ -1,1 +1,0 @@
-raise RuntimeError("ISO-IMPORT-FAILED")
