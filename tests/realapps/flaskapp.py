@@ -17,8 +17,10 @@ def form():
 
 @app.route("/stream")
 def stream():
+    # stream_with_context keeps the request alive while the server iterates:
+    # the generator reads request.args after the view has returned.
     def rows():
-        for i in range(5):
-            yield "row %d\n" % i
+        for i in range(int(request.args.get("n", "5"))):
+            yield "row %d %s\n" % (i, request.args.get("who", ""))
 
     return Response(stream_with_context(rows()), mimetype="text/plain")

@@ -1,4 +1,5 @@
-"""Minimal Django settings: no database, no middleware beyond what routing needs."""
+"""Minimal Django settings: no database, no apps, no middleware (so no CSRF
+check either; the form view is csrf_exempt all the same, as a real one would be)."""
 
 SECRET_KEY = "test-only-not-secret"
 DEBUG = False

@@ -12,4 +12,6 @@ def form_view(request):
 
 
 def stream_view(request):
-    return StreamingHttpResponse(("row %d\n" % i for i in range(5)), content_type="text/plain")
+    n = int(request.GET.get("n", "5"))
+    who = request.GET.get("who", "")
+    return StreamingHttpResponse(("row %d %s\n" % (i, who) for i in range(n)), content_type="text/plain")
