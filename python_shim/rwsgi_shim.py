@@ -21,6 +21,7 @@ import traceback
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 << 20
 MAX_CHUNK = 1 << 20
+EXIT_OUT_OF_MEMORY = 4
 
 # master -> worker
 REQUEST, BODY, CANCEL = 1, 2, 3
@@ -452,8 +453,14 @@ class Worker:
                     result.close()
         except ClientGone:
             self.channel.send([ERROR, req_id, b"the client disconnected"])
-        except Exception:
+        except Exception as error:
             self.channel.send([ERROR, req_id, traceback.format_exc().encode("utf-8", "backslashreplace")])
+            if isinstance(error, MemoryError):
+                # A process that ran out of memory may be left half-broken:
+                # the master replaces a worker that exits.
+                sys.stderr.write("The app ran out of memory; this worker exits and a fresh one replaces it.\n")
+                sys.stderr.flush()
+                os._exit(EXIT_OUT_OF_MEMORY)
         finally:
             self.channel.done(req_id)
 
