@@ -54,7 +54,7 @@ def _find_pythons():
 
 PYENV_PYTHONS, SKIPPED_PYTHONS = _find_pythons()
 # The suite's interpreters: (id, path, codec the shim should pick).
-PYTHONS = [("cpython" + v, p, "pure") for v, p in sorted(PYENV_PYTHONS.items())]
+PYTHONS = [("cpython" + v, PYENV_PYTHONS[v], "pure") for v in WANTED if v in PYENV_PYTHONS]
 PYPY = shutil.which("pypy3")
 if PYPY:
     PYTHONS.append(("pypy3", PYPY, "pure"))
