@@ -50,17 +50,24 @@ pub struct Process {
     pub stdout: ChildStdout,
 }
 
+/// `python` run the way every worker is: in `chdir`, with a clean
+/// environment plus `env`.
+fn python_command(python: &Path, chdir: &Path, env: &[(String, String)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(python);
+    cmd.current_dir(chdir)
+        .env_clear()
+        .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
 pub fn spawn(spec: &Spec) -> io::Result<Process> {
-    let mut cmd = Command::new(&spec.python);
+    let mut cmd = Command::from(python_command(&spec.python, &spec.chdir, &spec.env));
     cmd.arg("-c")
         .arg(BOOTSTRAP)
         .arg(&spec.app)
         .arg(spec.threads.to_string())
         .args(&spec.pythonpath)
-        .current_dir(&spec.chdir)
-        .env_clear()
-        .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(SHIM_VAR, SHIM_SOURCE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -91,14 +98,7 @@ pub fn spawn(spec: &Spec) -> io::Result<Process> {
 /// when started the way a worker is: its prefixes and sys.path.
 pub fn interpreter_paths(python: &Path, chdir: &Path, env: &[(String, String)]) -> io::Result<Vec<PathBuf>> {
     const REPORT: &str = "import sys; print('\\0'.join([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix] + sys.path))";
-    let output = std::process::Command::new(python)
-        .args(["-c", REPORT])
-        .current_dir(chdir)
-        .env_clear()
-        .envs(PASS_THROUGH.iter().filter_map(|k| std::env::var_os(k).map(|v| (OsString::from(k), v))))
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output()?;
+    let output = python_command(python, chdir, env).args(["-c", REPORT]).stdin(Stdio::null()).output()?;
     if !output.status.success() {
         return Err(io::Error::other(format!("{} could not report its sys.path", python.display())));
     }
