@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -106,23 +106,23 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     }
 }
 
-/// Serves every listener until `shutdown` resolves to the grace period that
-/// requests in progress get, waits up to that long for them, and returns it.
-pub async fn serve(listeners: Vec<Listener>, front: Arc<Front>, shutdown: impl Future<Output = Duration>) -> Duration {
+/// Serves every listener until `shutdown` resolves to the deadline by which
+/// requests in progress must finish, waits until then for them, and returns it.
+pub async fn serve(listeners: Vec<Listener>, front: Arc<Front>, shutdown: impl Future<Output = Instant>) -> Instant {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accepting = tokio::task::JoinSet::new();
     for listener in listeners {
         accepting.spawn(accept_loop(listener, front.clone(), graceful.clone(), stop_rx.clone()));
     }
-    let grace = shutdown.await;
+    let deadline = shutdown.await;
     let _ = stop_tx.send(true);
     while accepting.join_next().await.is_some() {}
     let graceful = Arc::into_inner(graceful).expect("the accept loops have ended");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() && !grace.is_zero() {
-        warning!("Requests still in progress after the graceful timeout of {grace:?} are cut");
+    if tokio::time::timeout_at(deadline.into(), graceful.shutdown()).await.is_err() {
+        warning!("Requests still in progress at the end of the graceful timeout are cut");
     }
-    grace
+    deadline
 }
 
 async fn accept_loop(

@@ -14,7 +14,7 @@ mod worker;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -99,8 +99,8 @@ async fn run(config: cli::Config) -> ExitCode {
         proxies: config.proxies,
     });
     let shutdown = signals.wait_for_stop(&pool, config.graceful_timeout);
-    let grace = http::serve(listeners, front, shutdown).await;
-    pool.stop(grace).await;
+    let deadline = http::serve(listeners, front, shutdown).await;
+    pool.stop(deadline).await;
     info!("Shutting down: Master");
     ExitCode::SUCCESS
 }
@@ -143,22 +143,23 @@ impl Signals {
         })
     }
 
-    /// Acts on every signal until one asks to stop, then returns how long
-    /// requests in progress get: `graceful` for TERM and INT, none for QUIT.
-    async fn wait_for_stop(&mut self, pool: &Pool, graceful: Duration) -> Duration {
+    /// Acts on every signal until one asks to stop, then returns the deadline
+    /// for requests in progress: `graceful` from now for TERM and INT, now for
+    /// QUIT. Connections and workers share it.
+    async fn wait_for_stop(&mut self, pool: &Pool, graceful: Duration) -> Instant {
         loop {
             tokio::select! {
                 _ = self.term.recv() => {
                     info!("Handling signal: term");
-                    return graceful;
+                    return Instant::now() + graceful;
                 }
                 _ = self.int.recv() => {
                     info!("Handling signal: int");
-                    return graceful;
+                    return Instant::now() + graceful;
                 }
                 _ = self.quit.recv() => {
                     info!("Handling signal: quit");
-                    return Duration::ZERO;
+                    return Instant::now();
                 }
                 _ = self.hup.recv() => {
                     info!("Handling signal: hup");

@@ -208,7 +208,7 @@ struct InFlight {
 enum Stage {
     /// Queued in the worker's pipe behind requests that hold every thread, so
     /// the worker has not started it: if the worker dies it goes elsewhere.
-    InPipe { environ: Bytes, body: Bytes },
+    InPipe { environ: Bytes, body: Bytes, queued: Instant },
     /// A thread may be running it; the timeout counts from `since`.
     Running { since: Instant },
 }
@@ -318,8 +318,8 @@ impl Pool {
     }
 
     /// Closes every worker's pipe so each exits after its current requests,
-    /// waits up to `grace` for them, then kills the rest.
-    pub async fn stop(&self, grace: Duration) {
+    /// waits until `deadline` for them, then kills the rest.
+    pub async fn stop(&self, deadline: Instant) {
         let pids: Vec<u32> = {
             let mut state = self.shared.lock();
             state.closing = true;
@@ -329,9 +329,10 @@ impl Pool {
             state.workers.iter().filter_map(|w| w.phase.pid()).collect()
         };
         let mut live = self.shared.live.subscribe();
-        if tokio::time::timeout(grace, live.wait_for(|&n| n == 0)).await.is_err() {
+        let graceful = deadline > Instant::now();
+        if tokio::time::timeout_at(deadline.into(), live.wait_for(|&n| n == 0)).await.is_err() {
             for pid in pids {
-                if !grace.is_zero() {
+                if graceful {
                     warning!("Worker {pid} did not exit within the graceful timeout; killing it");
                 }
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -543,14 +544,9 @@ impl Shared {
         let mut handed_on = 0;
         for request in worker.in_flight.into_iter().rev() {
             match (request.stage, request.progress) {
-                (Stage::InPipe { environ, body }, Progress::Live) => {
+                (Stage::InPipe { environ, body, queued }, Progress::Live) => {
                     let job = Job { environ, body, rest: None };
-                    state.queue.push_front(Pending {
-                        id: request.id,
-                        job,
-                        events: request.events,
-                        since: Instant::now(),
-                    });
+                    state.queue.push_front(Pending { id: request.id, job, events: request.events, since: queued });
                     handed_on += 1;
                 }
                 (_, Progress::TimedOut) => {
@@ -643,10 +639,7 @@ impl Shared {
                 }
             }
             if let Some(limit) = self.settings.queue_timeout {
-                while state.queue.front().is_some_and(|p| p.since.elapsed() > limit) {
-                    let stale = state.queue.pop_front().expect("front exists");
-                    let _ = stale.events.try_send(Event::Failed(Failure::QueueTimeout));
-                }
+                state.drop_stale(limit);
             }
         }
     }
@@ -721,7 +714,7 @@ impl State {
     }
 
     fn dispatch(&mut self, wi: usize, pending: Pending) {
-        let Pending { id, job: Job { environ, body, rest }, events, .. } = pending;
+        let Pending { id, job: Job { environ, body, rest }, events, since } = pending;
         let threads = self.threads;
         let w = &mut self.workers[wi];
         w.send(&ToWorker::Request { id, environ: &environ, body: &body, more: rest.is_some() });
@@ -734,7 +727,7 @@ impl State {
         let stage = if w.in_flight.len() < threads {
             Stage::Running { since: Instant::now() }
         } else {
-            Stage::InPipe { environ, body }
+            Stage::InPipe { environ, body, queued: since }
         };
         w.in_flight.push_back(InFlight { id, events, reads, stage, progress: Progress::Live });
     }
@@ -766,6 +759,32 @@ impl State {
         }
         self.fill(wi);
         recycled
+    }
+
+    /// Answers 503 to every request that waited longer than `limit` for a
+    /// thread: in the master's queue, or in a worker's pipe (which is told to
+    /// skip it).
+    fn drop_stale(&mut self, limit: Duration) {
+        while self.queue.front().is_some_and(|p| p.since.elapsed() > limit) {
+            let stale = self.queue.pop_front().expect("front exists");
+            let _ = stale.events.try_send(Event::Failed(Failure::QueueTimeout));
+        }
+        for w in &mut self.workers {
+            let stale: Vec<RequestId> = w
+                .in_flight
+                .iter()
+                .filter(|r| r.progress == Progress::Live)
+                .filter(|r| matches!(r.stage, Stage::InPipe { queued, .. } if queued.elapsed() > limit))
+                .map(|r| r.id)
+                .collect();
+            for id in stale {
+                if let Some(entry) = w.in_flight.iter_mut().find(|r| r.id == id) {
+                    entry.progress = Progress::Cancelled;
+                    let _ = entry.events.try_send(Event::Failed(Failure::QueueTimeout));
+                }
+                w.send(&ToWorker::Cancel { id });
+            }
+        }
     }
 
     fn cancel(&mut self, wid: WorkerId, id: RequestId) {
