@@ -57,7 +57,7 @@ def _pure_packb(msg):
 
 
 def _pure_unpackb(data):
-    """Decode one array of None/bool/int/bin/str, the shape of every master frame."""
+    """Decode one array of None/bool/uint/bin: the shape of every master frame."""
     pos, n = _read_array_len(data)
     items = []
     for _ in range(n):
