@@ -138,7 +138,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((io, conn)) => {
-                debug!("Accepted a connection from {}", conn.peer.map_or("a unix socket".into(), |p| p.to_string()));
+                debug!("Accepted a connection from {}", Peer(conn.peer));
                 serve_connection(io, conn, front.clone(), &graceful)
             }
             Err(e) => {
@@ -146,6 +146,18 @@ async fn accept_loop(
                 warning!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// A client as the error log names it.
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("a unix socket"),
         }
     }
 }
@@ -177,11 +189,15 @@ fn serve_connection(io: Box<dyn Io>, conn: Conn, front: Arc<Front>, graceful: &G
         .header_read_timeout(front.limits.header_timeout)
         .max_headers(front.limits.fields)
         .title_case_headers(true);
+    let peer = Peer(conn.peer);
     let service = service_fn(move |req| handle(req, conn.clone(), front.clone()));
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!("connection ended: {e}");
+        match connection.await {
+            // hyper has answered 400, 414 or 431 itself; log it as our own refusals are.
+            Err(e) if e.is_parse() => warning!("Refused a request from {peer} that did not parse: {e}"),
+            Err(e) => debug!("connection from {peer} ended: {e}"),
+            Ok(()) => {}
         }
     });
 }
