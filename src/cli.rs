@@ -15,6 +15,7 @@ use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
 use crate::sandbox::{AllowList, Options as SandboxOptions, Sandbox};
+use crate::timeouts::KeepAlive;
 use crate::worker;
 
 /// `--sandbox` presets.
@@ -89,11 +90,15 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     limit_request_body: u64,
 
-    /// Seconds a client has to send the request line and headers, also while a keep-alive connection is idle
+    /// Seconds a client has to send the request line and headers, counted from their first byte
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     header_timeout: Duration,
 
-    /// Seconds a request body may stall (no byte arriving) before the request is dropped: 408 before a worker took it
+    /// Seconds an idle keep-alive connection waits for its next request; 0 closes every connection after one response
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_keep_alive)]
+    keep_alive: KeepAlive,
+
+    /// Seconds a request body may stall (no byte arriving) before the request ends: 408 if the app has not answered yet
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     body_timeout: Duration,
 
@@ -332,6 +337,7 @@ impl TryFrom<Args> for Config {
                 field_size: to_usize(args.limit_request_field_size),
                 body: (args.limit_request_body > 0).then_some(args.limit_request_body),
                 header_timeout: args.header_timeout,
+                keep_alive: args.keep_alive,
                 body_timeout: args.body_timeout,
             },
             underscores: args.header_map,
@@ -456,6 +462,14 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
         Ok(0.0) => Ok(Duration::from_secs(100 * 365 * 86_400)),
         Ok(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
         _ => Err("expected a number of seconds, such as 30 or 0.5".into()),
+    }
+}
+
+/// gunicorn's meaning: 0 turns keep-alive off rather than making it endless.
+fn parse_keep_alive(value: &str) -> Result<KeepAlive, String> {
+    match value.parse::<f64>() {
+        Ok(0.0) => Ok(KeepAlive::Off),
+        _ => parse_seconds(value).map(KeepAlive::Idle),
     }
 }
 

@@ -22,7 +22,7 @@ use hyper::http::{header, HeaderName, HeaderValue, Method, StatusCode, Uri, Vers
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -33,6 +33,7 @@ use crate::environ::{self, Conn};
 use crate::environ::{TrustedProxies, Underscores};
 use crate::log::{self, Timestamp};
 use crate::pool::{BodyError, BodySource, Event, Failure, Job, NextChunk, Pool, Ticket};
+use crate::timeouts::{Busy, KeepAlive, Timed};
 use crate::{debug, error, warning};
 
 /// Request body that travels inside the request frame; more is pulled on demand.
@@ -45,8 +46,9 @@ pub struct Limits {
     pub fields: usize,
     pub field_size: usize,
     pub body: Option<u64>,
-    /// For the request line and headers to arrive, including on an idle keep-alive connection.
+    /// For the request line and headers to arrive, from their first byte.
     pub header_timeout: Duration,
+    pub keep_alive: KeepAlive,
     /// For each read of the body while the body is not complete.
     pub body_timeout: Duration,
 }
@@ -184,13 +186,18 @@ async fn accept(listener: &Listener, proxies: &TrustedProxies) -> io::Result<(Bo
 fn serve_connection(io: Box<dyn Io>, conn: Conn, front: Arc<Front>, graceful: &GracefulShutdown) {
     let conn = Arc::new(conn);
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(front.limits.header_timeout)
-        .max_headers(front.limits.fields)
-        .title_case_headers(true);
+    builder.keep_alive(front.limits.keep_alive.is_on()).max_headers(front.limits.fields).title_case_headers(true);
     let peer = Peer(conn.peer);
-    let service = service_fn(move |req| handle(req, conn.clone(), front.clone()));
+    let (io, requests) = Timed::new(io, front.limits.header_timeout, front.limits.keep_alive);
+    let service = service_fn(move |req| {
+        let busy = requests.busy();
+        let handled = handle(req, conn.clone(), front.clone());
+        async move {
+            let mut response = handled.await;
+            response.body_mut().busy = Some(busy);
+            Ok::<_, Infallible>(response)
+        }
+    });
     let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::spawn(async move {
         match connection.await {
@@ -202,15 +209,15 @@ fn serve_connection(io: Box<dyn Io>, conn: Conn, front: Arc<Front>, graceful: &G
     });
 }
 
-async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> Result<Response<Body>, Infallible> {
+async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> Response<Body> {
     let exchange = Exchange::new(&req, &conn);
     let (parts, body) = req.into_parts();
     if let Err((status, reason)) = screen(&parts, &front.limits) {
-        return Ok(exchange.refuse(status, &reason));
+        return exchange.refuse(status, &reason);
     }
     let environ = match environ::build(&parts, &conn, front.underscores) {
         Ok(environ) => environ,
-        Err(e) => return Ok(exchange.refuse(StatusCode::BAD_REQUEST, &e.to_string())),
+        Err(e) => return exchange.refuse(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let expects_continue =
         parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -218,19 +225,13 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> R
         ClientBody { body, received: 0, limit: front.limits.body, stall: front.limits.body_timeout, ended: false };
     let (body, rest) = match read_initial_body(body, expects_continue).await {
         Ok(read) => read,
-        Err(BodyError::TooLarge) => {
-            return Ok(exchange.refuse(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than the server accepts"))
-        }
-        Err(BodyError::Client) => return Ok(exchange.refuse(StatusCode::BAD_REQUEST, "the body could not be read")),
-        Err(BodyError::Stalled) => {
-            return Ok(exchange.refuse(StatusCode::REQUEST_TIMEOUT, "the body stopped arriving before it was complete"))
-        }
+        Err(e) => return exchange.refuse_body(e),
     };
     let mut ticket = match front.pool.submit(Job { environ, body, rest }) {
         Ok(ticket) => ticket,
-        Err(e) => return Ok(exchange.reply(StatusCode::SERVICE_UNAVAILABLE, &format!("Service Unavailable: {e}.\n"))),
+        Err(e) => return exchange.reply(StatusCode::SERVICE_UNAVAILABLE, &format!("Service Unavailable: {e}.\n")),
     };
-    Ok(match ticket.recv().await {
+    match ticket.recv().await {
         Some(Event::Head { status, headers }) => match head(&status, headers) {
             Ok(head) => exchange.stream(head, ticket),
             Err(e) => {
@@ -251,11 +252,12 @@ async fn handle(req: Request<Incoming>, conn: Arc<Conn>, front: Arc<Front>) -> R
             };
             exchange.reply(status, text)
         }
+        Some(Event::BodyFailed(e)) => exchange.refuse_body(e),
         Some(Event::Chunk(_) | Event::End) | None => {
             error!("{}: the worker was lost before it answered", exchange.request_line());
             exchange.reply(StatusCode::BAD_GATEWAY, "Bad Gateway: the worker handling this request died.\n")
         }
-    })
+    }
 }
 
 /// The checks hyper leaves to us, each answered with the status gunicorn
@@ -479,10 +481,21 @@ impl Exchange {
         response
     }
 
+    /// The client's body failed before the app answered.
+    fn refuse_body(self, e: BodyError) -> Response<Body> {
+        let status = match e {
+            BodyError::Client => StatusCode::BAD_REQUEST,
+            BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Stalled => StatusCode::REQUEST_TIMEOUT,
+        };
+        self.refuse(status, &e.to_string())
+    }
+
     /// An answer the master makes itself.
     fn reply(self, status: StatusCode, text: &str) -> Response<Body> {
         let body = Body {
             source: Source::Full(Some(Bytes::copy_from_slice(text.as_bytes()))),
+            busy: None,
             declared: None,
             log: AccessLog::new(self, status),
         };
@@ -500,13 +513,15 @@ impl Exchange {
         let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let log = AccessLog::new(self, parts.status);
         let declared = if bodiless { None } else { declared };
-        Response::from_parts(parts, Body { source: Source::Events(ticket), declared, log })
+        Response::from_parts(parts, Body { source: Source::Events(ticket), busy: None, declared, log })
     }
 }
 
 /// A response body: the master's own text, or the worker's chunks as they come.
 pub struct Body {
     source: Source,
+    /// Keeps the connection's timers off until hyper is done with this response.
+    busy: Option<Busy>,
     /// The app's Content-Length, which the body must match exactly.
     declared: Option<u64>,
     log: AccessLog,
@@ -556,6 +571,9 @@ impl hyper::body::Body for Body {
                 failed => {
                     match (failed, &this.log.exchange) {
                         (Some(Event::Failed(failure)), Some(exchange)) => exchange.log_failure(&failure),
+                        (Some(Event::BodyFailed(e)), Some(exchange)) => {
+                            warning!("{}: {e}; cutting the connection", exchange.request_line())
+                        }
                         _ => this.log.cut("the worker was lost in the middle of the response"),
                     }
                     this.source = Source::Cutting;

@@ -9,6 +9,7 @@ mod log;
 mod pool;
 mod protocol;
 mod sandbox;
+mod timeouts;
 mod worker;
 
 use std::path::PathBuf;

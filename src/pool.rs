@@ -81,13 +81,19 @@ pub enum BodyError {
 }
 
 /// What the pool tells the request that waits for its answer, in order:
-/// `Head`, then `Chunk`s, then `End`; or `Failed` at any point. A channel that
-/// closes without `End` means the worker was lost.
+/// `Head`, then `Chunk`s, then `End`; or `Failed` or `BodyFailed` at any
+/// point. A channel that closes without `End` means the worker was lost.
 #[derive(Debug)]
 pub enum Event {
-    Head { status: Bytes, headers: Vec<(Bytes, Bytes)> },
+    Head {
+        status: Bytes,
+        headers: Vec<(Bytes, Bytes)>,
+    },
     Chunk(Bytes),
     End,
+    /// The rest of the request body could not be had: the request is over,
+    /// and dropping its ticket tells the worker.
+    BodyFailed(BodyError),
     Failed(Failure),
 }
 
@@ -721,7 +727,7 @@ impl State {
         let reads = rest.map(|rest| {
             let (reads, wakeups) = mpsc::channel(1);
             let frames = w.phase.link().expect("dispatch only to a serving worker").frames.clone();
-            tokio::spawn(pump_body(id, wakeups, rest, frames));
+            tokio::spawn(pump_body(id, wakeups, rest, frames, events.clone()));
             reads
         });
         let stage = if w.in_flight.len() < threads {
@@ -839,12 +845,15 @@ impl Phase {
     }
 }
 
-/// Feeds a request's remaining body to the worker, one chunk per READ.
+/// Feeds a request's remaining body to the worker, one chunk per READ. A body
+/// that fails is the request's to answer (408, 413, 400 or a cut); the ticket
+/// it drops then cancels the request at the worker.
 async fn pump_body(
     id: RequestId,
     mut wakeups: mpsc::Receiver<()>,
     mut rest: Box<dyn BodySource>,
     frames: mpsc::UnboundedSender<Bytes>,
+    events: mpsc::Sender<Event>,
 ) {
     while wakeups.recv().await.is_some() {
         let mut frame = BytesMut::new();
@@ -857,9 +866,9 @@ async fn pump_body(
                 protocol::encode(&ToWorker::Body { id, chunk: b"", more: false }, &mut frame);
                 false
             }
-            Some(Err(_)) => {
-                protocol::encode(&ToWorker::Cancel { id }, &mut frame);
-                false
+            Some(Err(e)) => {
+                let _ = events.send(Event::BodyFailed(e)).await;
+                return;
             }
         };
         if frames.send(frame.freeze()).is_err() || !more {

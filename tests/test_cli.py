@@ -135,6 +135,9 @@ USAGE_ERRORS = [
     ("chdir-missing", ["--chdir", "/nonexistent/dir", "cli_forms"], "/nonexistent/dir"),
     ("chdir-is-a-file", ["--chdir", str(APPS / "cli_forms.py"), "cli_forms"], str(APPS / "cli_forms.py")),
     ("log-level-unknown", ["--log-level", "loud", "cli_forms"], "loud"),
+    ("keep-alive-negative", ["--keep-alive=-1", "cli_forms"], "-1"),
+    ("keep-alive-not-a-number", ["--keep-alive", "long", "cli_forms"], "long"),
+    ("header-timeout-not-a-number", ["--header-timeout", "soon", "cli_forms"], "soon"),
 ]
 
 

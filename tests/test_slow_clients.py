@@ -78,7 +78,7 @@ def test_slow_clients_never_hold_the_worker(server):
 
 
 def test_ten_thousand_idle_keep_alive_connections(server):
-    srv = server("slow_app", "--header-timeout", "120")
+    srv = server("slow_app", "--header-timeout", "120", "--keep-alive", "120")
     before = rss_kib(srv.proc.pid)
     conns = []
     try:
@@ -103,3 +103,4 @@ def test_ten_thousand_idle_keep_alive_connections(server):
     finally:
         for s in conns:
             s.close()
+

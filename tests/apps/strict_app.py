@@ -16,11 +16,19 @@ def application(environ, start_response):
     if environ["PATH_INFO"] == "/bad-status":
         start_response("200 OK\r\nX-Evil: 1", [])
         return [b"x"]
+    if environ["PATH_INFO"] == "/answer-then-read":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return answer_then_read(environ["wsgi.input"])
     body = environ["wsgi.input"].read()
     keys = {k: v for k, v in environ.items() if isinstance(v, str)}
     out = json.dumps({"body": len(body), "environ": keys}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
     return [out]
+
+
+def answer_then_read(body):
+    yield b"started\n"
+    yield b"read %d\n" % len(body.read())
 
 
 def framing(environ, start_response):
