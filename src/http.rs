@@ -25,7 +25,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixSocket};
 use tokio::sync::watch;
 
 use crate::cli::Bind;
@@ -67,12 +67,22 @@ pub enum Listener {
 }
 
 impl Listener {
-    pub async fn bind(bind: &Bind) -> io::Result<Listener> {
+    /// `backlog` is gunicorn's: connections the kernel may hold before they
+    /// are accepted (std's 128 drops bursts, and each dropped SYN costs the
+    /// client a second).
+    pub fn bind(bind: &Bind, backlog: u32) -> io::Result<Listener> {
         match bind {
-            Bind::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            Bind::Tcp(addr) => {
+                let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                socket.set_reuseaddr(true)?;
+                socket.bind(*addr)?;
+                Ok(Listener::Tcp(socket.listen(backlog)?))
+            }
             Bind::Unix(path) => {
                 remove_stale_socket(path)?;
-                Ok(Listener::Unix(UnixListener::bind(path)?, path.clone()))
+                let socket = UnixSocket::new_stream()?;
+                socket.bind(path)?;
+                Ok(Listener::Unix(socket.listen(backlog)?, path.clone()))
             }
         }
     }

@@ -3,10 +3,14 @@
 With one worker: slowloris heads, byte-a-second uploads and clients that read
 a 1 MiB answer slowly, all open at once, and a fast probe is still served. Its
 latency under attack is measured by bench/slow_clients.py, not here. Then
-10,000 idle keep-alive connections, with the master's RSS per connection."""
+10,000 idle keep-alive connections, with the master's RSS per connection, and
+a burst of connections that the kernel holds while the master is busy."""
 
 import http.client
+import os
 import resource
+import select
+import signal
 import socket
 import threading
 import time
@@ -104,3 +108,30 @@ def test_ten_thousand_idle_keep_alive_connections(server):
         for s in conns:
             s.close()
 
+
+def test_backlog_is_the_listen_queue(server):
+    """A stopped master accepts nothing; the kernel completes the handshake of
+    --backlog connections (plus one) and leaves the rest waiting for a SYN
+    retry, so a burst up to --backlog costs no client a second."""
+    srv = server("slow_app", "--backlog", "300")
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    sockets = []
+    try:
+        for _ in range(600):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((srv.host, srv.port))
+            sockets.append(s)
+        time.sleep(0.5)
+        poller = select.poll()
+        by_fd = {s.fileno(): s for s in sockets}
+        for fd in by_fd:
+            poller.register(fd, select.POLLOUT)
+        writable = [by_fd[fd] for fd, events in poller.poll(0) if events & select.POLLOUT]
+        connected = [s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0]
+        assert 290 <= len(connected) <= 310, len(connected)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+        for s in sockets:
+            s.close()
+    assert probe(srv) < 5
