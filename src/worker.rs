@@ -15,7 +15,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::info;
+use crate::log::{self, Level};
 use crate::sandbox::Sandbox;
 
 const PIPE_SIZE: libc::c_int = 1 << 20;
@@ -111,18 +111,24 @@ fn spawn_error(python: &Path, e: io::Error) -> io::Error {
 }
 
 /// Copies a worker's stderr (the app's prints and logging) into the error log,
-/// a line at a time, tagged with the worker's pid.
+/// a line at a time, tagged with the worker's pid: at INFO, except for
+/// faulthandler's report (after a timeout's SIGABRT, or a crash), which is
+/// the worker's last words and the reason it is being replaced.
 async fn forward_stderr(pid: u32, stderr: impl AsyncRead + Unpin) {
     const MAX_LINE: u64 = 64 << 10;
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
+    let mut level = Level::Info;
     loop {
         line.clear();
         match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
+                if line.starts_with(b"Fatal Python error: ") {
+                    level = Level::Error;
+                }
                 let text = String::from_utf8_lossy(&line);
-                info!("[worker {pid}] {}", text.trim_end_matches(['\n', '\r']));
+                log::write(level, format_args!("[worker {pid}] {}", text.trim_end_matches(['\n', '\r'])));
             }
         }
     }

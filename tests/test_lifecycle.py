@@ -154,7 +154,9 @@ def test_fractional_timeout_dumps_every_thread(server):
     assert status == 504
     # 0.7 s, not rounded up to a whole second or down to zero.
     assert 0.6 <= elapsed < 4, elapsed
-    srv.wait_log(r"\[worker %d\] .*line \d+ in life_hang_in_here" % first)
+    # faulthandler's report is an error: it says why the worker was replaced.
+    srv.wait_log(r"\[ERROR\] \[worker %d\] Fatal Python error" % first)
+    srv.wait_log(r"\[ERROR\] \[worker %d\] .*line \d+ in life_hang_in_here" % first)
     # The app's own idle thread is in the dump as well: all threads are dumped.
     srv.wait_log(r"\[worker %d\] .*line \d+ in life_background_idler" % first)
     assert pid_of(srv) != first
