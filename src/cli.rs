@@ -279,6 +279,10 @@ impl TryFrom<Args> for Config {
         };
         let python = find_python(args.python.as_deref()).map_err(invalid)?;
         let strict = args.sandbox == Some(Preset::Strict);
+        let private_tmp = args.private_tmp || strict;
+        if private_tmp {
+            outside_tmp(&python, &chdir, &args.pythonpath).map_err(invalid)?;
+        }
         let landlock = if strict || !args.allow_read.is_empty() || !args.allow_write.is_empty() {
             let mut interpreter = worker::interpreter_paths(&python, &chdir, &args.env).map_err(|e| {
                 invalid(format!("cannot ask {} for its paths ({e}); check --python.", python.display()))
@@ -298,7 +302,7 @@ impl TryFrom<Args> for Config {
             rlimit_nproc: args.worker_rlimit_nproc,
             rlimit_cpu_seconds: args.worker_rlimit_cpu,
             isolate_network: args.isolate_network || strict,
-            private_tmp: args.private_tmp || strict,
+            private_tmp,
             landlock,
             best_effort: args.sandbox_best_effort,
         })
@@ -371,6 +375,24 @@ fn log_target(value: &str, dash: Target) -> Target {
 
 /// `--python` as given (a path, or a name looked up on PATH), else the active
 /// venv's interpreter, else `python3` on PATH.
+/// `--private-tmp` gives each worker an empty /tmp, so what a worker opens to
+/// start cannot live there (a checkout or venv under /tmp would vanish).
+fn outside_tmp(python: &Path, chdir: &Path, pythonpath: &[String]) -> Result<(), String> {
+    let needed = [("--python", python.to_path_buf()), ("--chdir", chdir.to_path_buf())]
+        .into_iter()
+        .chain(pythonpath.iter().filter(|p| !p.is_empty()).map(|p| ("--pythonpath", chdir.join(p))));
+    for (flag, path) in needed {
+        let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+        if path.starts_with("/tmp") || real.starts_with("/tmp") {
+            return Err(format!(
+                "--private-tmp hides /tmp from the workers, but {flag} {} is under it; move it out of /tmp or drop --private-tmp.",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn find_python(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = given {
         return resolve_executable(path).ok_or_else(|| {

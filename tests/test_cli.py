@@ -138,6 +138,9 @@ USAGE_ERRORS = [
     ("keep-alive-negative", ["--keep-alive=-1", "cli_forms"], "-1"),
     ("keep-alive-not-a-number", ["--keep-alive", "long", "cli_forms"], "long"),
     ("header-timeout-not-a-number", ["--header-timeout", "soon", "cli_forms"], "soon"),
+    # --private-tmp would hide these from the workers (the python, too, when the checkout is under /tmp).
+    ("private-tmp-hides-chdir", ["--private-tmp", "--chdir", "/tmp", "cli_forms"], "/tmp"),
+    ("strict-hides-pythonpath", ["--sandbox", "strict", "--pythonpath", "/tmp", "cli_forms"], "/tmp"),
 ]
 
 

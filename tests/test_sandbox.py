@@ -3,7 +3,9 @@ that take more away, each with an app that tries to break it."""
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -125,11 +127,26 @@ def test_landlock_allows_only_the_interpreter_the_app_and_what_is_given(server, 
     assert results[2:] == ["ok", "ok", "PermissionError", "PermissionError", "ok"]
 
 
-def test_private_tmp_is_empty_and_writable(server, tmp_path):
+@pytest.fixture
+def outside_tmp(default_python):
+    """(app directory, interpreter) that --private-tmp leaves visible: the
+    checkout itself, and so its venv, may be under /tmp (rwsgi-gw refuses to
+    start then, as test_cli checks)."""
+    python = os.path.realpath(default_python)
+    if python.startswith("/tmp/"):
+        pytest.skip("every interpreter here is under /tmp, which --private-tmp hides")
+    apps = tempfile.mkdtemp(prefix="rwsgi-gw-sandbox-", dir="/var/tmp")
+    shutil.copy(APPS / "sb_app.py", apps)
+    yield apps, python
+    shutil.rmtree(apps)
+
+
+def test_private_tmp_is_empty_and_writable(server, tmp_path, outside_tmp):
+    apps, python = outside_tmp
     marker = tmp_path.parent / "rwsgi-gw-host-tmp-marker"
     marker.write_text("host")
     try:
-        srv = server("sb_app:files", "--private-tmp")
+        srv = server("sb_app:files", "--private-tmp", chdir=apps, python=python)
         results = check_files(srv, "r:%s" % marker, "w:/tmp/inside")
         assert results == ["FileNotFoundError", "ok"]
         assert not os.path.exists("/tmp/inside")
@@ -137,11 +154,12 @@ def test_private_tmp_is_empty_and_writable(server, tmp_path):
         marker.unlink()
 
 
-def test_strict_preset(server):
-    srv = server("sb_app:files", "--sandbox", "strict")
-    assert check_files(srv, "r:/etc/shadow", "w:%s/sb_new" % APPS, "w:/tmp/ok", "r:/etc/hosts") == [
+def test_strict_preset(server, outside_tmp):
+    apps, python = outside_tmp
+    srv = server("sb_app:files", "--sandbox", "strict", chdir=apps, python=python)
+    assert check_files(srv, "r:/etc/shadow", "w:%s/sb_new" % apps, "w:/tmp/ok", "r:/etc/hosts") == [
         "PermissionError", "PermissionError", "ok", "ok"]
-    whole = server("sb_app", "--sandbox", "strict")
+    whole = server("sb_app", "--sandbox", "strict", chdir=apps, python=python)
     assert ask(whole, "/connect?%d" % whole.port)[1].startswith("blocked")
     assert ask(whole, "/whoami")[1].split()[3] == "27"
 
