@@ -34,7 +34,7 @@ impl KeepAlive {
 }
 
 /// Where a connection is, as far as its timers care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 #[repr(u8)]
 enum Phase {
     /// Waiting for a request head, or part of one has arrived: `--header-timeout` runs.
@@ -84,7 +84,7 @@ impl Drop for Busy {
 }
 
 /// Hands out a `Busy` for each request on one connection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Requests(Arc<Shared>);
 
 impl Requests {
