@@ -36,6 +36,12 @@ use crate::pool::{BodyError, BodySource, Event, Failure, Job, NextChunk, Pool, T
 use crate::timeouts::{Busy, KeepAlive, Timed};
 use crate::{debug, error, warning};
 
+/// Connections the kernel may hold before the master accepts them (it caps
+/// this at net.core.somaxconn). The master accepts as fast as it can, so the
+/// queue only absorbs bursts; std's 128 dropped them, and each dropped SYN
+/// costs its client a second. `--backlog` is the queue of requests instead.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Request body that travels inside the request frame; more is pulled on demand.
 const INLINE_BODY: usize = 64 << 10;
 
@@ -67,22 +73,19 @@ pub enum Listener {
 }
 
 impl Listener {
-    /// `backlog` is gunicorn's: connections the kernel may hold before they
-    /// are accepted (std's 128 drops bursts, and each dropped SYN costs the
-    /// client a second).
-    pub fn bind(bind: &Bind, backlog: u32) -> io::Result<Listener> {
+    pub fn bind(bind: &Bind) -> io::Result<Listener> {
         match bind {
             Bind::Tcp(addr) => {
                 let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
                 socket.set_reuseaddr(true)?;
                 socket.bind(*addr)?;
-                Ok(Listener::Tcp(socket.listen(backlog)?))
+                Ok(Listener::Tcp(socket.listen(LISTEN_BACKLOG)?))
             }
             Bind::Unix(path) => {
                 remove_stale_socket(path)?;
                 let socket = UnixSocket::new_stream()?;
                 socket.bind(path)?;
-                Ok(Listener::Unix(socket.listen(backlog)?, path.clone()))
+                Ok(Listener::Unix(socket.listen(LISTEN_BACKLOG)?, path.clone()))
             }
         }
     }

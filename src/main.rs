@@ -57,9 +57,8 @@ async fn run(config: cli::Config) -> ExitCode {
         }
     };
     let mut listeners = Vec::new();
-    let listen_backlog = u32::try_from(config.pool.backlog).unwrap_or(u32::MAX);
     for bind in &config.binds {
-        match http::Listener::bind(bind, listen_backlog) {
+        match http::Listener::bind(bind) {
             Ok(listener) => {
                 info!("Listening at: {} ({pid})", listener.describe());
                 listeners.push(listener);
