@@ -847,7 +847,10 @@ impl Phase {
 
 /// Feeds a request's remaining body to the worker, one chunk per READ. A body
 /// that fails is the request's to answer (408, 413, 400 or a cut); the ticket
-/// it drops then cancels the request at the worker.
+/// it drops then cancels the request at the worker. The pump holds the
+/// request's `events` open, so it must end as soon as the worker is lost (its
+/// `wakeups` close) even while it waits for a client that has stalled: the
+/// closed channel is what answers 502.
 async fn pump_body(
     id: RequestId,
     mut wakeups: mpsc::Receiver<()>,
@@ -857,7 +860,11 @@ async fn pump_body(
 ) {
     while wakeups.recv().await.is_some() {
         let mut frame = BytesMut::new();
-        let more = match rest.next_chunk().await {
+        let chunk = tokio::select! {
+            chunk = rest.next_chunk() => chunk,
+            None = wakeups.recv() => return,
+        };
+        let more = match chunk {
             Some(Ok(chunk)) => {
                 protocol::encode(&ToWorker::Body { id, chunk: &chunk, more: true }, &mut frame);
                 true

@@ -1,7 +1,9 @@
 """Echoes what the app saw, for the front-end tests; logs every path it serves."""
 
 import json
+import os
 import sys
+import threading
 
 
 def application(environ, start_response):
@@ -16,6 +18,9 @@ def application(environ, start_response):
     if environ["PATH_INFO"] == "/bad-status":
         start_response("200 OK\r\nX-Evil: 1", [])
         return [b"x"]
+    if environ["PATH_INFO"] == "/die-while-reading":
+        threading.Timer(0.5, os._exit, (3,)).start()
+        environ["wsgi.input"].read()
     if environ["PATH_INFO"] == "/answer-then-read":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return answer_then_read(environ["wsgi.input"])
