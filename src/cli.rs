@@ -14,7 +14,7 @@ use crate::environ::{TrustedProxies, Underscores};
 use crate::http::Limits;
 use crate::log::{Level, Target};
 use crate::pool::Settings;
-use crate::sandbox::{AllowList, Options as SandboxOptions, Sandbox};
+use crate::sandbox::{hidden_by_private_tmp, AllowList, Options as SandboxOptions, Sandbox};
 use crate::timeouts::KeepAlive;
 use crate::worker;
 
@@ -90,7 +90,7 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     limit_request_body: u64,
 
-    /// Seconds a client has to send the request line and headers, counted from their first byte
+    /// Seconds a client has to send the request line and headers, counted from the connect for the first request and from its first byte for the next
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
     header_timeout: Duration,
 
@@ -280,19 +280,22 @@ impl TryFrom<Args> for Config {
         let python = find_python(args.python.as_deref()).map_err(invalid)?;
         let strict = args.sandbox == Some(Preset::Strict);
         let private_tmp = args.private_tmp || strict;
+        let confined = strict || !args.allow_read.is_empty() || !args.allow_write.is_empty();
+        let interpreter = if private_tmp || confined {
+            worker::interpreter_paths(&python, &chdir, &args.env)
+                .map_err(|e| invalid(format!("cannot ask {} for its paths ({e}); check --python.", python.display())))?
+        } else {
+            Vec::new()
+        };
         if private_tmp {
-            outside_tmp(&python, &chdir, &args.pythonpath).map_err(invalid)?;
+            outside_tmp(&python, &chdir, &args.pythonpath, &interpreter).map_err(invalid)?;
         }
-        let landlock = if strict || !args.allow_read.is_empty() || !args.allow_write.is_empty() {
-            let mut interpreter = worker::interpreter_paths(&python, &chdir, &args.env).map_err(|e| {
-                invalid(format!("cannot ask {} for its paths ({e}); check --python.", python.display()))
-            })?;
+        let landlock = confined.then(|| {
+            let mut interpreter = interpreter;
             interpreter.push(chdir.clone());
             interpreter.extend(args.pythonpath.iter().map(|p| chdir.join(p)));
-            Some(AllowList { read: args.allow_read, write: args.allow_write, interpreter })
-        } else {
-            None
-        };
+            AllowList { read: args.allow_read, write: args.allow_write, interpreter }
+        });
         let sandbox = Sandbox::resolve(&SandboxOptions {
             user: args.user,
             group: args.group,
@@ -373,26 +376,32 @@ fn log_target(value: &str, dash: Target) -> Target {
     }
 }
 
-/// `--python` as given (a path, or a name looked up on PATH), else the active
-/// venv's interpreter, else `python3` on PATH.
 /// `--private-tmp` gives each worker an empty /tmp, so what a worker opens to
-/// start cannot live there (a checkout or venv under /tmp would vanish).
-fn outside_tmp(python: &Path, chdir: &Path, pythonpath: &[String]) -> Result<(), String> {
-    let needed = [("--python", python.to_path_buf()), ("--chdir", chdir.to_path_buf())]
+/// start cannot live there (a checkout or venv under /tmp would vanish): not
+/// the flags' paths, and not what the interpreter has on `sys.path` (from
+/// PYTHONPATH or a .pth file).
+fn outside_tmp(python: &Path, chdir: &Path, pythonpath: &[String], sys_path: &[PathBuf]) -> Result<(), String> {
+    let given = [("--python", python.to_path_buf()), ("--chdir", chdir.to_path_buf())]
         .into_iter()
         .chain(pythonpath.iter().filter(|p| !p.is_empty()).map(|p| ("--pythonpath", chdir.join(p))));
-    for (flag, path) in needed {
-        let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-        if path.starts_with("/tmp") || real.starts_with("/tmp") {
-            return Err(format!(
-                "--private-tmp hides /tmp from the workers, but {flag} {} is under it; move it out of /tmp or drop --private-tmp.",
-                path.display()
-            ));
-        }
+    if let Some((flag, path)) = given.into_iter().find(|(_, path)| hidden_by_private_tmp(path)) {
+        return Err(format!(
+            "--private-tmp hides /tmp from the workers, but {flag} {} is under it; move it out of /tmp or drop --private-tmp.",
+            path.display()
+        ));
+    }
+    if let Some(path) = sys_path.iter().find(|path| path.exists() && hidden_by_private_tmp(path)) {
+        return Err(format!(
+            "--private-tmp hides /tmp from the workers, but {} on {}'s sys.path is under it; move it out of /tmp or drop --private-tmp.",
+            path.display(),
+            python.display()
+        ));
     }
     Ok(())
 }
 
+/// `--python` as given (a path, or a name looked up on PATH), else the active
+/// venv's interpreter, else `python3` on PATH.
 fn find_python(given: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(path) = given {
         return resolve_executable(path).ok_or_else(|| {

@@ -177,6 +177,12 @@ impl Sandbox {
 
 const TMPFS: &str = "/tmp";
 
+/// True if `path`, or the file a link there leads to, is under the /tmp that
+/// `--private-tmp` replaces with an empty one.
+pub fn hidden_by_private_tmp(path: &Path) -> bool {
+    path.starts_with(TMPFS) || path.canonicalize().is_ok_and(|real| real.starts_with(TMPFS))
+}
+
 /// Makes / private to the new mount namespace, then an empty tmpfs on /tmp.
 ///
 /// # Safety

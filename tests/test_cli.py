@@ -141,6 +141,8 @@ USAGE_ERRORS = [
     # --private-tmp would hide these from the workers (the python, too, when the checkout is under /tmp).
     ("private-tmp-hides-chdir", ["--private-tmp", "--chdir", "/tmp", "cli_forms"], "/tmp"),
     ("strict-hides-pythonpath", ["--sandbox", "strict", "--pythonpath", "/tmp", "cli_forms"], "/tmp"),
+    ("private-tmp-hides-sys-path", ["--private-tmp", "--python", os.path.realpath(VENV_PYTHON), "--chdir", "/",
+                                    "--env", "PYTHONPATH=/tmp", "cli_forms"], "/tmp on "),
 ]
 
 
