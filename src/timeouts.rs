@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// What a connection does once it has answered a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum KeepAlive {
     /// Close it (`--keep-alive 0`, as in gunicorn).
     Off,
@@ -34,7 +34,7 @@ impl KeepAlive {
 }
 
 /// Where a connection is, as far as its timers care.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 #[repr(u8)]
 enum Phase {
     /// Waiting for a request head, or part of one has arrived: `--header-timeout` runs.
@@ -55,7 +55,6 @@ impl Phase {
 
 /// The phase, shared between the socket wrapper and the requests on it (both
 /// are polled by the connection's one task; the atomic only makes it `Sync`).
-#[derive(Debug)]
 struct Shared(AtomicU8);
 
 impl Shared {
@@ -74,7 +73,6 @@ impl Shared {
 
 /// Held from the moment a request head is parsed until hyper drops its
 /// response body: while it lives, neither timer runs.
-#[derive(Debug)]
 pub struct Busy(Arc<Shared>);
 
 impl Drop for Busy {
@@ -84,7 +82,6 @@ impl Drop for Busy {
 }
 
 /// Hands out a `Busy` for each request on one connection.
-#[derive(Debug)]
 pub struct Requests(Arc<Shared>);
 
 impl Requests {
@@ -181,8 +178,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
         if this.phase.advance(Phase::Answered, Phase::Idle) {
             this.restart_timer(this.keep_alive);
             // hyper may have polled its read before this flush and will not
-            // read again until the socket wakes it: the timer must wake it too.
-            let _ = this.timer.as_mut().poll(cx);
+            // read again until the socket wakes it: the timer must wake it
+            // too, at once if the keep-alive is already over.
+            if this.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
         }
         Poll::Ready(Ok(()))
     }
