@@ -136,7 +136,12 @@ else:  # PyPy has no writev: one copy instead.
 
 
 class ClientGone(IOError):
-    """The master cancelled the request: its client disconnected."""
+    """The master cancelled the request: its client disconnected, or the
+    request body stalled, grew past --limit-request-body or broke its framing
+    (the master has answered the client itself)."""
+
+    def __init__(self):
+        IOError.__init__(self, "the request was cancelled: the client disconnected or its body could not be read")
 
 
 class Channel:
@@ -202,7 +207,7 @@ class Channel:
                 break
             self._stash(msg)
         if req_id in self.cancelled:
-            raise ClientGone("the client disconnected")
+            raise ClientGone()
 
     def read_body(self, req_id, size):
         """Ask the master for more of request `req_id`'s body: (chunk, more)."""
@@ -215,7 +220,7 @@ class Channel:
                 return msg[2], msg[3]
             self._stash(msg)
             if req_id in self.cancelled:
-                raise ClientGone("the client disconnected while sending the request body")
+                raise ClientGone()
 
     def _stash(self, msg):
         if msg[0] == REQUEST:
@@ -257,13 +262,13 @@ class RoutedChannel(Channel):
 
     def check_client(self, req_id):
         if req_id in self.cancelled:
-            raise ClientGone("the client disconnected")
+            raise ClientGone()
 
     def read_body(self, req_id, size):
         self.send([READ, req_id, size])
         body = self.bodies[req_id].get()
         if body is None:
-            raise ClientGone("the client disconnected while sending the request body")
+            raise ClientGone()
         return body
 
     def done(self, req_id):
