@@ -117,6 +117,8 @@ def test_a_burst_of_connections_waits_in_the_kernel(server):
     with open("/proc/sys/net/core/somaxconn") as f:
         kernel_cap = int(f.read())
     burst = 1500
+    if kernel_cap < burst:
+        pytest.skip("net.core.somaxconn is %d, which caps every listen queue below this burst" % kernel_cap)
     srv = server("slow_app", "--backlog", "2")
     os.kill(srv.proc.pid, signal.SIGSTOP)
     sockets = []
@@ -133,8 +135,7 @@ def test_a_burst_of_connections_waits_in_the_kernel(server):
             poller.register(fd, select.POLLOUT)
         writable = [by_fd[fd] for fd, events in poller.poll(0) if events & select.POLLOUT]
         connected = [s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0]
-        # The kernel holds min(4096, somaxconn) and completes one more.
-        assert len(connected) >= min(burst, kernel_cap + 1), (len(connected), kernel_cap)
+        assert len(connected) == burst, (len(connected), kernel_cap)
     finally:
         os.kill(srv.proc.pid, signal.SIGCONT)
         for s in sockets:
