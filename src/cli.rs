@@ -383,21 +383,18 @@ fn log_target(value: &str, dash: Target) -> Target {
 fn outside_tmp(python: &Path, chdir: &Path, pythonpath: &[String], sys_path: &[PathBuf]) -> Result<(), String> {
     let given = [("--python", python.to_path_buf()), ("--chdir", chdir.to_path_buf())]
         .into_iter()
-        .chain(pythonpath.iter().filter(|p| !p.is_empty()).map(|p| ("--pythonpath", chdir.join(p))));
-    if let Some((flag, path)) = given.into_iter().find(|(_, path)| hidden_by_private_tmp(path)) {
-        return Err(format!(
-            "--private-tmp hides /tmp from the workers, but {flag} {} is under it; move it out of /tmp or drop --private-tmp.",
-            path.display()
-        ));
+        .chain(pythonpath.iter().filter(|p| !p.is_empty()).map(|p| ("--pythonpath", chdir.join(p))))
+        .map(|(flag, path)| (format!("{flag} {}", path.display()), path));
+    let imported = sys_path
+        .iter()
+        .filter(|path| path.exists())
+        .map(|path| (format!("{} on {}'s sys.path", path.display(), python.display()), path.clone()));
+    match given.chain(imported).find(|(_, path)| hidden_by_private_tmp(path)) {
+        Some((what, _)) => Err(format!(
+            "--private-tmp hides /tmp from the workers, but {what} is under it; move it out of /tmp or drop --private-tmp."
+        )),
+        None => Ok(()),
     }
-    if let Some(path) = sys_path.iter().find(|path| path.exists() && hidden_by_private_tmp(path)) {
-        return Err(format!(
-            "--private-tmp hides /tmp from the workers, but {} on {}'s sys.path is under it; move it out of /tmp or drop --private-tmp.",
-            path.display(),
-            python.display()
-        ));
-    }
-    Ok(())
 }
 
 /// `--python` as given (a path, or a name looked up on PATH), else the active
