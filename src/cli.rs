@@ -281,7 +281,7 @@ impl TryFrom<Args> for Config {
         let strict = args.sandbox == Some(Preset::Strict);
         let private_tmp = args.private_tmp || strict;
         let confined = strict || !args.allow_read.is_empty() || !args.allow_write.is_empty();
-        let interpreter = if private_tmp || confined {
+        let mut interpreter = if private_tmp || confined {
             worker::interpreter_paths(&python, &chdir, &args.env)
                 .map_err(|e| invalid(format!("cannot ask {} for its paths ({e}); check --python.", python.display())))?
         } else {
@@ -291,7 +291,6 @@ impl TryFrom<Args> for Config {
             outside_tmp(&python, &chdir, &args.pythonpath, &interpreter).map_err(invalid)?;
         }
         let landlock = confined.then(|| {
-            let mut interpreter = interpreter;
             interpreter.push(chdir.clone());
             interpreter.extend(args.pythonpath.iter().map(|p| chdir.join(p)));
             AllowList { read: args.allow_read, write: args.allow_write, interpreter }
